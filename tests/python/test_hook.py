@@ -74,7 +74,7 @@ def test_global_estimate_is_mean_of_local_states():
 
 STATEFUL_METHODS = [
     "ef21", "ef", "ef21-sgdm", "econtrol", EF21W([0.75, 0.25]), Clip21(tau=1.0), CLAG(zeta=1.0),
-    AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5),
+    AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), "motef",
 ]
 
 
@@ -102,6 +102,7 @@ OTHER_METHODS = [
     (LAG(zeta=1.0), 1, 1.5, {}),  # dense messages, but only when the trigger fires
     (CLAG(zeta=1.0), 1, 6.0, {}),
     (AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), 1, 3.0, {}),
+    ("motef", 1, 4.0, {"momentum": 0.0, "lr": 0.1}),  # its momentum replaces SGD's
 ]
 
 
@@ -115,7 +116,7 @@ def test_other_methods_train_and_keep_ranks_identical(method, dense_starts, comp
     # An untrained model has loss 2.31 and accuracy 9%. When this test was written, after
     # BASE.steps steps: none 0.94 / 70%, ef 0.66 / 76%, econtrol 0.66 / 77%, ef21-w 0.68 / 76%,
     # ef21-sgdm 0.64 / 77%, clip21 0.65 / 77%, lag 0.70 / 74% at 2.0x, clag 0.73 / 74% at
-    # 10.0x, adacgd 0.68 / 76% at 5.7x (dense all-reduce: 0.5 / 78%).
+    # 10.0x, adacgd 0.68 / 76% at 5.7x, motef 0.63 / 76% at 4.9x (dense all-reduce: 0.5 / 78%).
     assert results[0]["train_loss"] < 1.2 and results[0]["test_accuracy"] > 0.6
 
 
@@ -327,9 +328,11 @@ def test_ef21w_weights_from_estimated_smoothness():
     assert results[0]["losses"][-1] < 0.5 * results[0]["losses"][0]
 
 
-@pytest.mark.parametrize("method", ["ef21-sgdm", "econtrol", CLAG(zeta=1.0), AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5)], ids=str)
+@pytest.mark.parametrize(
+    "method", ["ef21-sgdm", "econtrol", CLAG(zeta=1.0), AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), "motef"], ids=str
+)
 def test_newer_methods_keep_four_ranks_identical(method):
-    settings = {"momentum": 0.0, "lr": 0.1} if method == "ef21-sgdm" else {}
+    settings = {"momentum": 0.0, "lr": 0.1} if method in ("ef21-sgdm", "motef") else {}
     results = run(replace(BASE, method=method, steps=200, **settings), 4)
     assert_ranks_identical(results)
     assert results[0]["train_loss"] < 1.5  # untrained: 2.31

@@ -221,19 +221,41 @@ def test_ef21_converges_with_every_contractive_compressor():
 
 def test_motef_converges_under_heterogeneity_where_ef_stalls():
     """Islamov, Gao, Stich 2024 (arXiv 2405.20114): MoTEF needs no bound on data
-    heterogeneity. On the heterogeneous quadratics with Top-10 and one step size, its
-    average iterate converges and the workers' iterates reach consensus, while classic EF
-    stalls."""
+    heterogeneity. On the heterogeneous quadratics with Top-10 and one step size, the
+    paper's form converges (its average iterate) and the workers' iterates reach consensus;
+    the shared-iterate form the hook runs converges too; classic EF stalls."""
     problem = problems.quadratic([1.0] * 9 + [100.0], d=100)
-    motef = sim.simulate(problem, MoTEF(gamma=0.2), TopK(k=10), steps=2000, lr=0.01)
+    paper = sim.simulate(problem, MoTEF(gamma=0.2, per_worker=True), TopK(k=10), steps=2000, lr=0.01)
+    shared = sim.simulate(problem, MoTEF(gamma=0.1), TopK(k=10), steps=2000, lr=0.01)
     ef = sim.simulate(problem, "ef", TopK(k=10), steps=2000, lr=0.01)
-    # When written: from 3510, motef 1.0e-6 (consensus 9e-7), ef 0.46.
-    assert motef.grad_norm_sq[-1] < 1e-8 * motef.grad_norm_sq[0]
-    assert motef.consensus[-1] < 1e-4
+    # When written: from 3510, paper 8.9e-7 (consensus 8.7e-7), shared 7.5e-7, ef 0.46.
+    assert paper.grad_norm_sq[-1] < 1e-8 * paper.grad_norm_sq[0]
+    assert paper.consensus[-1] < 1e-4
+    assert shared.grad_norm_sq[-1] < 1e-8 * shared.grad_norm_sq[0]
     assert ef.grad_norm_sq[-1] > 1e-2
-    assert motef.bits_per_worker[-1] == 2000 * 2 * 8 * 80  # two Top-10 messages per step
+    assert paper.bits_per_worker[-1] == 2000 * 2 * 8 * 80  # two Top-10 messages per step
+    # one dense start (100 floats), then one Top-10 message per step
+    assert shared.bits_per_worker[-1] == 100 * 32 + 1999 * 8 * 80
 
 
-def test_motef_is_rejected_by_the_hook():
-    with pytest.raises(ValueError, match=r"keeps a different model on every worker.*efcomm.sim"):
-        efcomm.EFState("motef")
+def test_motef_shared_form_with_identity_is_momentum_sgd():
+    """Without compression, the shared-iterate form's direction is the mean momentum
+    M = (1 - lam) M + lam mean g: heavy-ball SGD written as an average."""
+    problem = problems.quadratic([1.0, 4.0, 9.0], d=8)
+    lam, lr = 0.3, 0.05
+    h = sim.simulate(problem, MoTEF(gamma=0.5, lam=lam), efcomm.Identity(), steps=50, lr=lr)
+    x = problem.x0.double()
+    m = sum(g.double() for g in problem.grads(x)) / problem.n
+    x = x - lr * m
+    for _ in range(49):
+        m = (1 - lam) * m + lam * sum(g.double() for g in problem.grads(x)) / problem.n
+        x = x - lr * m
+    # float32 state against a float64 reference: a few roundings per step
+    assert h.x_norm[-1] == pytest.approx(float(x.norm()), rel=1e-5)
+    assert h.x_norm[-1] != pytest.approx(h.x_norm[0], rel=1e-2)  # it moved
+
+
+def test_motef_paper_form_is_rejected_by_the_hook():
+    with pytest.raises(ValueError, match=r"keeps a different model on every worker.*efcomm.sim.*per_worker=False"):
+        efcomm.EFState(MoTEF(per_worker=True))
+    assert efcomm.EFState("motef").method == "motef"

@@ -204,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--world-size", type=int, default=4, help="number of ranks (capped at the GPU count with NCCL)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--ratio", type=float, default=0.1, help="k/d per bucket for topk and randk")
-    parser.add_argument("--method", default="ef21", choices=sorted(m for m in METHODS if m not in ("ef21-w", "motef")),
+    parser.add_argument("--method", default="ef21", choices=sorted(m for m in METHODS if m != "ef21-w"),
                         help="the error-feedback method of the compressed run")
     parser.add_argument("--compressor", default="topk", choices=sorted(DEMO_COMPRESSORS),
                         help="the compressor of the compressed run (unbiased ones are scaled for the EF methods)")

@@ -80,8 +80,9 @@ class EFState:
         method = self.method_impl.name
         if self.method_impl.per_worker_iterates:
             raise ValueError(
-                f"efcomm: method {method!r} keeps a different model on every worker, and DDP keeps one "
-                "identical model on every rank: run it in efcomm.sim (see efcomm.methods.MoTEF)"
+                f"efcomm: method {self.method_impl!r} keeps a different model on every worker, and DDP keeps "
+                "one identical model on every rank: run it in efcomm.sim, or use its shared-iterate form "
+                "(per_worker=False; see efcomm.methods.MoTEF)"
             )
         compressor = TopK() if compressor is None else compressor
         self.method_impl.check_compressor(compressor, allow_biased)

@@ -487,40 +487,69 @@ class MoTEF(Method):
     from H = G = 0 and M_i = V_i = grad f_i(x_0); eta is the step size. (The authors' code
     starts M at 0; then mean V - mean M stays mean grad f_i(x_0) forever, and the iterates
     never settle: in our simulations the gradient came back to its starting norm. Starting
-    M with V keeps mean V = mean M, the tracking invariant.) Every worker keeps its own
-    iterate x_i, which the consensus term pulls together: this is what a DDP hook cannot
-    run, because DDP keeps one identical model on every rank and the hook returns one
-    gradient for it. efcomm therefore runs MoTEF in the simulator only (``efcomm.sim``, the
-    same EF21 encode and decode ops for both trackers); ``efcomm.register`` rejects it.
+    M with V keeps mean V = mean M, the tracking invariant.)
+
+    Two forms, one class:
+
+    * ``per_worker=True`` is the paper's algorithm above: every worker keeps its own
+      iterate x_i, which the consensus term pulls together. DDP keeps one identical model
+      on every rank, so this form runs in ``efcomm.sim`` only (``efcomm.register`` rejects
+      it); it sends two messages per step (the x and V trackers).
+    * ``per_worker=False`` (the default, and the form the DDP hook runs) keeps one shared
+      iterate, the workers' average. Averaging the x step over the complete graph cancels
+      the consensus term (mean_i (mean H - H_i) = 0), so the average moves by
+      x <- x - eta mean_i V_i; the shared iterate has no x tracker to send, and steps along
+      the only estimate of mean_i V_i that the compressed messages give every rank alike,
+      mean_j G_j. One message per step; gradients are taken at the shared iterate. Worker
+      i, with g_i its gradient:
+
+          M_i, V_i as above;  c_i = C(V_i - G_i);  G_i += c_i;  G += (1/n) sum_j c_j;  out = G
+
+      from a dense exchange, as EF21: M_i = V_i = G_i = g_i, G = mean_j g_j. With the
+      identity compressor G = mean_i M_i: SGD with momentum (lam = 1 - beta), which is
+      what the paper's average iterate does without compression.
     """
 
     name = "motef"
-    dense_init = False
-    per_worker_iterates = True
+    dense_init = True
 
-    def __init__(self, gamma: float = 0.1, lam: float = 0.9) -> None:
+    def __init__(self, gamma: float = 0.1, lam: float = 0.9, per_worker: bool = False) -> None:
         if not (isinstance(gamma, (int, float)) and 0.0 < gamma <= 1.0):
             raise ValueError(f"efcomm: motef gamma ({gamma!r}) must be in (0, 1]")
         if not (isinstance(lam, (int, float)) and 0.0 < lam <= 1.0):
             raise ValueError(f"efcomm: motef lam ({lam!r}) must be in (0, 1]")
+        if not isinstance(per_worker, bool):
+            raise ValueError(f"efcomm: motef per_worker ({per_worker!r}) must be a bool")
         self.gamma, self.lam = float(gamma), float(lam)
+        self.per_worker_iterates = per_worker  # shadows the class default for this instance
 
     def init_state(self, g, g_mean, worker):
-        z = torch.zeros_like(g)
-        return {"H": z.clone(), "H_mean": z.clone(), "G": z.clone(), "G_mean": z.clone(), "M": g.clone(), "V": g.clone()}
+        if self.per_worker_iterates:
+            z = torch.zeros_like(g)
+            return {"H": z.clone(), "H_mean": z.clone(), "G": z.clone(), "G_mean": z.clone(), "M": g.clone(), "V": g.clone()}
+        g = g.detach()
+        return {"M": g.clone(), "V": g.clone(), "G": g.clone(), "G_mean": g_mean}
 
     def move(self, x: Tensor, state: dict, eta: float) -> Tensor:
-        """x_i's step: x_i + gamma (mean H - H_i) - eta V_i."""
+        """The per-worker form's step of x_i: x_i + gamma (mean H - H_i) - eta V_i."""
         return x + self.gamma * (state["H_mean"] - state["H"]) - eta * state["V"]
 
     def track_momentum(self, g: Tensor, state: dict) -> None:
         """M_i and the tracking direction V_i before its compression."""
-        previous = state["M"].clone()
-        state["M"].mul_(1.0 - self.lam).add_(g, alpha=self.lam)
-        state["V"].add_(self.gamma * (state["G_mean"] - state["G"]) + state["M"] - previous)
+        step = g - state["M"]  # M_i - M_i(previous) = lam (g_i - M_i(previous))
+        state["M"].add_(step, alpha=self.lam)
+        state["V"].add_(step, alpha=self.lam).add_(state["G_mean"], alpha=self.gamma).sub_(state["G"], alpha=self.gamma)
+
+    def encode(self, g, state, codec, worker):
+        self.track_momentum(g, state)
+        return ef21_encode_(state["V"], state["G"], codec)
+
+    def decode(self, state, gathered, codec, g, worker):
+        codec.decode_add_(state["G_mean"], gathered)
+        return state["G_mean"]
 
     def __repr__(self) -> str:
-        return f"MoTEF(gamma={self.gamma}, lam={self.lam})"
+        return f"MoTEF(gamma={self.gamma}, lam={self.lam}, per_worker={self.per_worker_iterates})"
 
 
 METHODS: dict = {

@@ -306,7 +306,12 @@ def figures(out: Path, steps: int = 2000) -> list:
     written.append(_plot(out / "ef21_compressors.png", title, "kB sent per worker", grad, curves))
 
     problem = quadratic([1.0] * 9 + [100.0], d=100)
-    runs = (("EF", "ef"), ("EF21", "ef21"), ("MoTEF, gamma 0.2", MoTEF(gamma=0.2)))
+    runs = (
+        ("EF", "ef"),
+        ("EF21", "ef21"),
+        ("MoTEF per worker (paper), gamma 0.2", MoTEF(gamma=0.2, per_worker=True)),
+        ("MoTEF shared iterate (hook), gamma 0.1", MoTEF(gamma=0.1)),
+    )
     curves = [(label, None, simulate(problem, m, TopK(k=10), steps=steps, lr=0.01).grad_norm_sq) for label, m in runs]
     written.append(_plot(out / "motef.png", "heterogeneous quadratics, Top-10, lr 0.01", "step", grad, curves))
     return written
