@@ -202,6 +202,7 @@ void topk_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered, int64_t k,
   const int64_t n = h.numel();
   EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "topk_decode_add_cpu", [&] {
     std::vector<float> acc(n, 0.0f);
+    std::vector<bool> named(n, false);  // entries no message names stay as they are
     const uint8_t* rows = gathered.const_data_ptr<uint8_t>();
     for (int64_t j = 0; j < world; ++j) {  // rank order: the same sum on every rank
       const uint8_t* row = rows + j * layout.nbytes;
@@ -212,12 +213,17 @@ void topk_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered, int64_t k,
         const int64_t i = indices[t];
         TORCH_CHECK(i >= 0 && i < n, "topk_decode_add_: message of rank ", j, " holds index ",
                     i, " outside [0, ", n, ")");
+        TORCH_CHECK(t == 0 || indices[t - 1] < i, "topk_decode_add_: message of rank ", j,
+                    " holds indices out of ascending order (", indices[t > 0 ? t - 1 : 0], " then ", i,
+                    " at position ", t, ")");
         acc[i] += weight * static_cast<float>(values[t]);
+        named[i] = true;
       }
     }
     const float scale = weights.has_value() ? 1.0f : 1.0f / static_cast<float>(world);
     scalar_t* hp = h.mutable_data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
+      if (!named[i]) continue;
       const float update = acc[i] * scale;
       hp[i] = static_cast<scalar_t>(static_cast<float>(hp[i]) + update);
     }
@@ -259,6 +265,7 @@ void dense_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered,
   const int64_t row_bytes = gathered.size(1);
   EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "dense_decode_add_cpu", [&] {
     std::vector<float> acc(n, 0.0f);
+    std::vector<bool> named(n, false);  // entries no message names stay as they are
     const uint8_t* rows = gathered.const_data_ptr<uint8_t>();
     for (int64_t j = 0; j < world; ++j) {  // rank order
       const auto* values = reinterpret_cast<const scalar_t*>(rows + j * row_bytes);

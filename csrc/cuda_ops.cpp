@@ -173,20 +173,20 @@ void topk_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered, int64_t k,
   const c10::cuda::CUDAGuard guard(h.device());
   const int64_t world = gathered.size(0);
   const int64_t n = h.numel();
-  at::Tensor acc = at::zeros({n}, h.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor workspace = at::empty({kernels::decode_workspace_ints(world, n)}, h.options().dtype(at::kInt));
+  std::optional<at::Tensor> device_weights;
+  if (weights.has_value()) {
+    const std::vector<float> w(weights->begin(), weights->end());
+    device_weights = at::tensor(w, at::kFloat).to(h.device());
+  }
+  const float scale = weights.has_value() ? 1.0f : 1.0f / static_cast<float>(world);
+  const at::Tensor rows = gathered.contiguous();
   EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "topk_decode_add_cuda", [&] {
-    const uint8_t* rows = gathered.const_data_ptr<uint8_t>();
-    for (int64_t j = 0; j < world; ++j) {  // rank order, stream-ordered launches
-      const uint8_t* row = rows + j * layout.nbytes;
-      const float weight = weights.has_value() ? static_cast<float>((*weights)[j]) : 1.0f;
-      kernels::accumulate_message(kernel_ptr(reinterpret_cast<const scalar_t*>(row)),
-                                  reinterpret_cast<const int32_t*>(row + layout.indices_offset),
-                                  k, n, weight, acc.mutable_data_ptr<float>(), stream);
-    }
-    const float scale = weights.has_value() ? 1.0f : 1.0f / static_cast<float>(world);
-    kernels::add_scaled(acc.const_data_ptr<float>(), n, scale,
-                        kernel_ptr(h.mutable_data_ptr<scalar_t>()), stream);
+    kernels::sparse_decode_add(kernel_ptr(h.mutable_data_ptr<scalar_t>()), n, rows.const_data_ptr<uint8_t>(),
+                               world, layout.nbytes, layout.indices_offset, k,
+                               device_weights ? device_weights->const_data_ptr<float>() : nullptr, scale,
+                               workspace.mutable_data_ptr<int32_t>(), stream);
   });
 }
 

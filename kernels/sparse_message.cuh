@@ -36,26 +36,34 @@ void momentum_update(T* v,                           // [n], updated in place
                      float eta,
                      cudaStream_t stream);
 
-// acc[indices[t]] += float32(weight * float(values[t])) for t < k (with weight 1 the product
-// is exact); entries with an index outside [0, n) are skipped. The indices of one message
-// are distinct, so no two threads touch the same element and the result does not depend on
-// scheduling: calling this once per rank, in rank order on one stream, sums in rank order.
-template <typename T>
-void accumulate_message(const T* values,             // [k]
-                        const int32_t* indices,      // [k] distinct
-                        int64_t k,
-                        int64_t n,
-                        float weight,
-                        float* acc,                  // [n]
-                        cudaStream_t stream);
+// The deterministic decode of world sparse messages, gathered as rows of row_bytes bytes:
+// values (T[k]) at byte 0 and indices (int32[k], ascending in every message, as every efcomm
+// encoder writes them) at byte indices_offset. For every index i that some message names,
+//
+//     h[i] = T(float(h[i]) + float32(acc_i * scale)),  acc_i = sum over ranks j in order of
+//            float32(weights[j] * float(value_j(i)))   (weights null: weight 1)
+//
+// every fp32 operation rounded on its own (never fused), as in the CPU reference; entries
+// no message names are left untouched. No floating-point atomics: the index space is cut
+// into tiles, a pass over the indices finds where each rank's entries of each tile begin
+// (offsets, int32 [world, tiles + 1], from decode_workspace_ints), and one block per tile
+// sums its ranks in rank order in shared memory. It reads each message once and touches h
+// only where a message names it. Entries outside [0, n) are skipped; a message whose
+// indices are not ascending is decoded partially (the CPU reference raises on both).
+int64_t decode_tiles(int64_t n);
+int64_t decode_workspace_ints(int64_t world, int64_t n);
 
-// h[i] = T(float(h[i]) + float32(acc[i] * scale)) for i < n (two rounded fp32 operations,
-// never fused, as in the CPU reference).
 template <typename T>
-void add_scaled(const float* acc,                    // [n]
-                int64_t n,
-                float scale,
-                T* h,                                // [n], updated in place
-                cudaStream_t stream);
+void sparse_decode_add(T* h,                         // [n], updated in place
+                       int64_t n,
+                       const uint8_t* gathered,      // [world, row_bytes]
+                       int64_t world,
+                       int64_t row_bytes,
+                       int64_t indices_offset,
+                       int64_t k,
+                       const float* weights,         // [world] on the device, or null
+                       float scale,
+                       int32_t* workspace,           // [decode_workspace_ints(world, n)]
+                       cudaStream_t stream);
 
 }  // namespace efcomm::kernels

@@ -56,15 +56,17 @@ def econtrol_encode(g, e, h_local, k, eta):
 
 def decode_add(h: torch.Tensor, messages: list, weights=None) -> torch.Tensor:
     """h + (1/n) sum_j c_j (float32 sum in rank order, then one scaled add), or with weights
-    h + sum_j float32(w_j c_j)."""
+    h + sum_j float32(w_j c_j), on the entries some message names; the others unchanged."""
     acc = torch.zeros(h.numel(), dtype=torch.float32)
+    named = torch.zeros(h.numel(), dtype=torch.bool)
     for j, (values, indices) in enumerate(messages):
         w = torch.tensor(1.0 if weights is None else weights[j], dtype=torch.float32)
         for v, i in zip(values.float().tolist(), indices.tolist()):
             acc[i] = torch.tensor(acc[i].item(), dtype=torch.float32) + w * torch.tensor(v, dtype=torch.float32)
+            named[i] = True
     scale = 1.0 if weights is not None else 1.0 / len(messages)
     update = acc * torch.tensor(scale, dtype=torch.float32)
-    return (h.float() + update).to(h.dtype)
+    return torch.where(named, (h.float() + update).to(h.dtype), h)
 
 
 def unpack(message: torch.Tensor, k: int, dtype: torch.dtype):

@@ -299,6 +299,22 @@ def test_bad_arguments_raise_errors_naming_them(call, pattern):
         call()
 
 
+def test_decode_leaves_entries_no_message_names_untouched():
+    h = torch.tensor([-0.0, float("nan"), 1.0, -0.0, 2.0, float("inf"), 3.0, 4.0])
+    message = ops.ef21_topk_encode_(torch.tensor([0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0, -6.0]), torch.zeros(8), 2)
+    out = h.clone()
+    ops.topk_decode_add_(out, torch.stack([message, message]), 2)
+    assert out.view(torch.int32)[[0, 1, 2, 3, 5, 6]].tolist() == h.view(torch.int32)[[0, 1, 2, 3, 5, 6]].tolist()
+    assert out[[4, 7]].tolist() == [7.0, -2.0]
+
+
+def test_decode_rejects_indices_out_of_order():
+    message = ops.ef21_topk_encode_(torch.tensor([0.0, 3.0, 0.0, 4.0]), torch.zeros(4), 2)
+    message[8:16].view(torch.int32).copy_(torch.tensor([3, 1], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match=r"message of rank 0 holds indices out of ascending order \(3 then 1 at position 1\)"):
+        ops.topk_decode_add_(torch.zeros(4), message.unsqueeze(0), 2)
+
+
 def test_decode_rejects_corrupt_index():
     message = ops.ef21_topk_encode_(torch.arange(8.0), torch.zeros(8), 1)
     message[4:8].view(torch.int32).fill_(99)
@@ -373,6 +389,52 @@ def test_cuda_topk_ties_and_crowded_bins_match_cpu(dtype, select, monkeypatch):
             h_gpu = h.cuda()
             assert torch.equal(ops.ef21_topk_encode_(x, h, k), ops.ef21_topk_encode_(x.cuda(), h_gpu, k).cpu())
             assert torch.equal(h, h_gpu.cpu())
+
+
+def _message(values: torch.Tensor, indices: list) -> torch.Tensor:
+    """A Top-k message of these values at these (ascending) indices."""
+    k = len(indices)
+    message = ops.ef21_topk_encode_(torch.ones(k, dtype=values.dtype), torch.zeros(k, dtype=values.dtype), k)
+    message[-4 * k :].view(torch.int32).copy_(torch.tensor(indices, dtype=torch.int32))
+    message[: k * values.element_size()].view(values.dtype).copy_(values)
+    return message
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("numel", [1, 7, 4096, 4097, 12289])
+def test_cuda_decode_across_tile_boundaries(numel, dtype):
+    """The CUDA decode sums each 4096-entry tile in one block: indices on both sides of the
+    tile edges, overlapping between ranks, k = 1 and k = numel."""
+    gen = torch.Generator().manual_seed(numel)
+    edges = sorted({i for e in (0, 4095, 4096, 8191, 8192, 12288) for i in (e - 1, e, e + 1) if 0 <= i < numel})
+    half = max(1, len(edges) // 2)
+    subsets = [sorted(torch.randperm(len(edges), generator=gen)[:half].tolist()) for _ in range(5)]
+    cases = (
+        [[edges[-1]]] * 3,  # k = 1, every rank names the same entry
+        [[edges[i] for i in subset] for subset in subsets],  # overlapping subsets of the edges
+        [list(range(numel))] * 2,  # k = numel
+    )
+    for ranks in cases:
+        k = len(ranks[0])
+        messages = torch.stack([_message(torch.randn(k, generator=gen).to(dtype), indices) for indices in ranks])
+        h = torch.randn(numel, generator=gen).to(dtype)
+        h_gpu = h.cuda()
+        ops.topk_decode_add_(h, messages, k)
+        ops.topk_decode_add_(h_gpu, messages.cuda(), k)
+        assert torch.equal(h.view(torch.uint8), h_gpu.cpu().view(torch.uint8)), ranks
+
+
+@requires_cuda
+def test_cuda_decode_of_a_malformed_message_does_not_crash():
+    """The CPU reference raises on indices out of order or range; the CUDA decode (no host
+    read) skips what it cannot place and never touches memory outside h."""
+    message = _message(torch.tensor([1.0, 2.0, 3.0]), [1, 2, 3])
+    message[-12:].view(torch.int32).copy_(torch.tensor([9000, -5, 2], dtype=torch.int32))
+    h = torch.zeros(8, device="cuda")
+    ops.topk_decode_add_(h, message.unsqueeze(0).cuda(), 3)
+    torch.cuda.synchronize()
+    assert torch.isfinite(h).all() and h.abs().sum() <= 3.0
 
 
 @requires_cuda

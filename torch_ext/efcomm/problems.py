@@ -83,6 +83,29 @@ def quadratic(L_i: list, d: int = 100, seed: int = 0) -> Problem:
     return Problem("quadratic", n, d, torch.zeros(d), grads, loss, L, [float(v) for v in L_i])
 
 
+def ill_conditioned_quadratic(
+    n: int = 10, d: int = 100, decades: float = 6.0, heterogeneity: float = 0.05, seed: int = 0
+) -> Problem:
+    """Quadratics f_i(x) = 1/2 (x - b_i)^T A_i (x - b_i) whose curvature falls over ``decades``
+    orders of magnitude along the coordinates, the same for every worker (as features of
+    very different scales do): A_i = diag(10^(-decades j / d) u_ij), u_ij uniform in
+    [0.5, 1]; b_i = 1 + heterogeneity * N(0, I). The gradient's energy sits in a few
+    coordinates, where Top-k finds it and Rand-k mostly misses it."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** (-decades * torch.arange(d, dtype=torch.float32) / d)
+    diagonals = [scale * (0.5 + 0.5 * torch.rand(d, generator=gen)) for _ in range(n)]
+    centers = [1.0 + heterogeneity * torch.randn(d, generator=gen) for _ in range(n)]
+
+    def grads(x: Tensor) -> list:
+        return [a * (x - b) for a, b in zip(diagonals, centers)]
+
+    def loss(x: Tensor) -> float:
+        return float(sum(0.5 * torch.dot(a * (x - b), x - b) for a, b in zip(diagonals, centers)) / n)
+
+    L = float((sum(diagonals) / n).max())
+    return Problem("ill_conditioned_quadratic", n, d, torch.zeros(d), grads, loss, L, [float(a.max()) for a in diagonals])
+
+
 def logistic_nonconvex(n: int = 10, d: int = 50, m: int = 100, lam: float = 0.1, seed: int = 0) -> Problem:
     """Logistic regression with the non-convex regulariser of the EF21 paper's experiments
     (Richtarik, Sokolov, Fatkhullin 2021, arXiv 2106.05203, Section 5):
