@@ -27,6 +27,16 @@ void check_k(int64_t k, int64_t numel, const char* op) {
 
 }  // namespace
 
+void check_threshold_hint(const std::optional<at::Tensor>& threshold, const at::Tensor& x, const char* op) {
+  if (!threshold.has_value()) return;
+  const at::Tensor& t = *threshold;
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": threshold has dtype ", t.scalar_type(),
+              "; expected float32 (the hint [tau, fell_back])");
+  TORCH_CHECK(t.numel() == 2 && t.is_contiguous(), op, ": threshold must be a contiguous tensor of 2 elements ",
+              "(the hint [tau, fell_back]), got shape ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": threshold is on ", t.device(), " but x is on ", x.device());
+}
+
 void check_topk_args(const at::Tensor& x, int64_t k, const char* op) {
   check_float_tensor(x, op, "x");
   check_k(k, x.numel(), op);

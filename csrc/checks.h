@@ -12,6 +12,9 @@ namespace efcomm {
 // Indices travel as int32: a tensor handed to a sparsifying op has at most this many elements.
 constexpr int64_t kMaxSparsifiedNumel = 2147483647;
 
+// The threshold Top-k hint of the Top-k ops: float32, 2 elements, contiguous, on x's device.
+void check_threshold_hint(const std::optional<at::Tensor>& threshold, const at::Tensor& x, const char* op);
+
 void check_topk_args(const at::Tensor& x, int64_t k, const char* op);
 
 // g and the in-place state it updates (named state_name in messages): same shape, dtype,

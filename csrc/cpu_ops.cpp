@@ -14,6 +14,7 @@
 #include "csrc/dispatch.h"
 #include "csrc/message_layout.h"
 #include "csrc/ops.h"
+#include "kernels/topk_hint.h"
 
 namespace efcomm {
 namespace {
@@ -35,27 +36,51 @@ struct RanksBefore {
   }
 };
 
-// The k indices of x[0..n) that rank first, in ascending order.
+// The threshold Top-k hint (kernels/topk_hint.h): whether the CUDA path finds the Top-k
+// among the entries that reach hint[0] (else it falls back to two passes), and the next
+// hint from the k-th largest magnitude. The selection does not depend on it.
 template <typename T>
-std::vector<int64_t> select_topk(const T* x, int64_t n, int64_t k) {
+void update_hint(const T* x, int64_t n, int64_t k, float kth_magnitude, float* hint) {
+  const float tau = hint[0];
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (std::isnan(v) || std::fabs(v) >= tau) ++count;
+  }
+  const int64_t cap = std::min(n, kernels::kTopkHintCapFactor * k);
+  const float next = kernels::kTopkHintMargin * kth_magnitude;
+  hint[0] = std::isfinite(next) && next > 0.0f ? next : 0.0f;
+  hint[1] = k <= count && count <= cap ? 0.0f : 1.0f;
+}
+
+// The k indices of x[0..n) that rank first, in ascending order; with hint, updates it.
+template <typename T>
+std::vector<int64_t> select_topk(const T* x, int64_t n, int64_t k, float* hint = nullptr) {
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), int64_t{0});
   std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), RanksBefore<T>{x});
+  if (hint != nullptr) update_hint(x, n, k, std::fabs(static_cast<float>(x[order[k - 1]])), hint);
   order.resize(k);
   std::sort(order.begin(), order.end());
   return order;
 }
 
+float* hint_ptr(const std::optional<at::Tensor>& threshold) {
+  return threshold.has_value() ? threshold->mutable_data_ptr<float>() : nullptr;
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k) {
+std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k,
+                                             const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, "topk");
+  check_threshold_hint(threshold, x, "topk");
   const at::Tensor xc = x.contiguous();
   at::Tensor values = at::empty({k}, x.options());
   at::Tensor indices = at::empty({k}, x.options().dtype(at::kInt));
   EFCOMM_DISPATCH_FLOAT_TYPES(x.scalar_type(), "topk_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-    const std::vector<int64_t> selected = select_topk(xp, xc.numel(), k);
+    const std::vector<int64_t> selected = select_topk(xp, xc.numel(), k, hint_ptr(threshold));
     scalar_t* vp = values.mutable_data_ptr<scalar_t>();
     int32_t* ip = indices.mutable_data_ptr<int32_t>();
     for (int64_t t = 0; t < k; ++t) {
@@ -87,19 +112,22 @@ at::Tensor pack_message(const T* src, const std::vector<int64_t>& selected,
 
 }  // namespace
 
-at::Tensor topk_encode_cpu(const at::Tensor& x, int64_t k) {
+at::Tensor topk_encode_cpu(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, "topk_encode");
+  check_threshold_hint(threshold, x, "topk_encode");
   const at::Tensor xc = x.contiguous();
   at::Tensor message;
   EFCOMM_DISPATCH_FLOAT_TYPES(x.scalar_type(), "topk_encode_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-    message = pack_message(xp, select_topk(xp, xc.numel(), k), x.options());
+    message = pack_message(xp, select_topk(xp, xc.numel(), k, hint_ptr(threshold)), x.options());
   });
   return message;
 }
 
-at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k) {
+at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k,
+                              const std::optional<at::Tensor>& threshold) {
   check_stateful_encode_args(g, e, "e", k, "ef_topk_encode_");
+  check_threshold_hint(threshold, g, "ef_topk_encode_");
   const at::Tensor gc = g.contiguous();
   const int64_t n = g.numel();
   at::Tensor message;
@@ -109,7 +137,7 @@ at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k) {
     for (int64_t i = 0; i < n; ++i) {  // e becomes p = g + e
       ep[i] = static_cast<scalar_t>(static_cast<float>(gp[i]) + static_cast<float>(ep[i]));
     }
-    const std::vector<int64_t> selected = select_topk(ep, n, k);
+    const std::vector<int64_t> selected = select_topk(ep, n, k, hint_ptr(threshold));
     message = pack_message(ep, selected, g.options());
     for (const int64_t i : selected) {  // e = p - c: the sent entries leave the error
       ep[i] = static_cast<scalar_t>(static_cast<float>(ep[i]) - static_cast<float>(ep[i]));
@@ -118,8 +146,10 @@ at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k) {
   return message;
 }
 
-at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_t k) {
+at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_t k,
+                                const std::optional<at::Tensor>& threshold) {
   check_stateful_encode_args(g, h_local, "h_local", k, "ef21_topk_encode_");
+  check_threshold_hint(threshold, g, "ef21_topk_encode_");
   const at::Tensor gc = g.contiguous();
   const int64_t n = g.numel();
   at::Tensor message;
@@ -130,7 +160,7 @@ at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_
     for (int64_t i = 0; i < n; ++i) {
       d[i] = static_cast<scalar_t>(static_cast<float>(gp[i]) - static_cast<float>(hp[i]));
     }
-    const std::vector<int64_t> selected = select_topk(d.data(), n, k);
+    const std::vector<int64_t> selected = select_topk(d.data(), n, k, hint_ptr(threshold));
     message = pack_message(d.data(), selected, g.options());
     for (const int64_t i : selected) {
       hp[i] = static_cast<scalar_t>(static_cast<float>(hp[i]) + static_cast<float>(d[i]));
@@ -140,8 +170,9 @@ at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_
 }
 
 at::Tensor ef21_sgdm_topk_encode_cpu(const at::Tensor& g, at::Tensor& v, at::Tensor& h_local,
-                                     int64_t k, double eta) {
+                                     int64_t k, double eta, const std::optional<at::Tensor>& threshold) {
   check_two_state_encode_args(g, v, "v", h_local, k, eta, "ef21_sgdm_topk_encode_");
+  check_threshold_hint(threshold, g, "ef21_sgdm_topk_encode_");
   const float keep = static_cast<float>(1.0 - eta);
   const float take = static_cast<float>(eta);
   const at::Tensor gc = g.contiguous();
@@ -157,7 +188,7 @@ at::Tensor ef21_sgdm_topk_encode_cpu(const at::Tensor& g, at::Tensor& v, at::Ten
       vp[i] = static_cast<scalar_t>(momentum + take * static_cast<float>(gp[i]));
       d[i] = static_cast<scalar_t>(static_cast<float>(vp[i]) - static_cast<float>(hp[i]));
     }
-    const std::vector<int64_t> selected = select_topk(d.data(), n, k);
+    const std::vector<int64_t> selected = select_topk(d.data(), n, k, hint_ptr(threshold));
     message = pack_message(d.data(), selected, g.options());
     for (const int64_t i : selected) {
       hp[i] = static_cast<scalar_t>(static_cast<float>(hp[i]) + static_cast<float>(d[i]));
@@ -167,8 +198,9 @@ at::Tensor ef21_sgdm_topk_encode_cpu(const at::Tensor& g, at::Tensor& v, at::Ten
 }
 
 at::Tensor econtrol_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, at::Tensor& h_local,
-                                    int64_t k, double eta) {
+                                    int64_t k, double eta, const std::optional<at::Tensor>& threshold) {
   check_two_state_encode_args(g, e, "e", h_local, k, eta, "econtrol_topk_encode_");
+  check_threshold_hint(threshold, g, "econtrol_topk_encode_");
   const float eta_f = static_cast<float>(eta);
   const at::Tensor gc = g.contiguous();
   const int64_t n = g.numel();
@@ -184,7 +216,7 @@ at::Tensor econtrol_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, at::Tens
       p[i] = static_cast<scalar_t>(static_cast<float>(r) + static_cast<float>(feedback));
       ep[i] = static_cast<scalar_t>(static_cast<float>(ep[i]) + static_cast<float>(r));
     }
-    const std::vector<int64_t> selected = select_topk(p.data(), n, k);
+    const std::vector<int64_t> selected = select_topk(p.data(), n, k, hint_ptr(threshold));
     message = pack_message(p.data(), selected, g.options());
     for (const int64_t i : selected) {  // delta = p on the sent entries
       ep[i] = static_cast<scalar_t>(static_cast<float>(ep[i]) - static_cast<float>(p[i]));

@@ -36,42 +36,67 @@ bool select_by_sort() {
 }
 
 // Indices (int32, ascending) of the k entries that rank first among a (b null) or among
-// the rounded differences a - b, without materialising them: kernels/topk_select.cu.
-at::Tensor select_topk_radix(const at::Tensor& a, const at::Tensor* b, int64_t k) {
+// the rounded differences a - b, without materialising them: kernels/topk_select.cu. With
+// hint (threshold Top-k, kernels/topk_hint.h): one pass gathers the entries that reach
+// hint[0]; when they hold the Top-k (k <= count <= cap) the histogram pass is skipped.
+at::Tensor select_topk_radix(const at::Tensor& a, const at::Tensor* b, int64_t k, float* hint = nullptr) {
   const int64_t n = a.numel();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   at::Tensor indices = at::empty({k}, a.options().dtype(at::kInt));
-  at::Tensor hist = at::empty({kernels::kTopkBins}, a.options().dtype(at::kInt));
-  at::Tensor info = at::empty({3}, a.options().dtype(at::kLong));
   EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "select_topk_radix", [&] {
     using T = typename KernelType<scalar_t>::type;
     const kernels::TopkSource<T> src{kernel_ptr(a.const_data_ptr<scalar_t>()),
                                      b ? kernel_ptr(b->const_data_ptr<scalar_t>()) : nullptr};
+    auto finish = [&](const int64_t* info, int64_t candidates, const int64_t* given, bool fell_back) {
+      const size_t bytes = kernels::topk_finish_workspace<T>(n, candidates);
+      at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+      kernels::topk_finish(src, n, k, info, candidates, workspace.mutable_data_ptr(), bytes,
+                           indices.mutable_data_ptr<int32_t>(), stream, given, hint, fell_back);
+    };
+    if (hint != nullptr) {
+      const int64_t cap = std::min(n, kernels::kTopkHintCapFactor * k);
+      const size_t temp = kernels::topk_hinted_workspace<T>(n, cap);
+      at::Tensor candidates = at::empty({cap + 1}, a.options().dtype(at::kLong));  // + the count
+      at::Tensor workspace = at::empty({static_cast<int64_t>(temp)}, a.options().dtype(at::kByte));
+      int64_t* count = candidates.mutable_data_ptr<int64_t>() + cap;
+      kernels::topk_hinted_candidates(src, n, hint, cap, workspace.mutable_data_ptr(), temp,
+                                      candidates.mutable_data_ptr<int64_t>(), count, stream);
+      const int64_t found = candidates.narrow(0, cap, 1).cpu().item<int64_t>();  // one 8-byte read
+      if (k <= found && found <= cap) {
+        finish(nullptr, found, candidates.const_data_ptr<int64_t>(), false);
+        return;
+      }
+    }
+    at::Tensor hist = at::empty({kernels::kTopkBins}, a.options().dtype(at::kInt));
+    at::Tensor info = at::empty({3}, a.options().dtype(at::kLong));
     kernels::topk_histogram(src, n, k, reinterpret_cast<uint32_t*>(hist.mutable_data_ptr<int32_t>()),
                             info.mutable_data_ptr<int64_t>(), stream);
     const at::Tensor host = info.cpu();  // the candidate count sizes the workspace
-    const int64_t candidates = host[1].item<int64_t>() + host[2].item<int64_t>();
-    const size_t bytes = kernels::topk_finish_workspace<T>(n, candidates);
-    at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-    kernels::topk_finish(src, n, k, info.const_data_ptr<int64_t>(), candidates,
-                         workspace.mutable_data_ptr(), bytes, indices.mutable_data_ptr<int32_t>(), stream);
+    finish(info.const_data_ptr<int64_t>(), host[1].item<int64_t>() + host[2].item<int64_t>(), nullptr, true);
   });
   return indices;
 }
 
-// Top-k of the 1-D contiguous x: int32 indices, ascending.
-at::Tensor select_topk(const at::Tensor& x, int64_t k) {
+float* hint_ptr(const std::optional<at::Tensor>& threshold) {
+  return threshold.has_value() ? threshold->mutable_data_ptr<float>() : nullptr;
+}
+
+// Top-k of the 1-D contiguous x: int32 indices, ascending. The sort path ignores the hint
+// (it neither reads nor updates it).
+at::Tensor select_topk(const at::Tensor& x, int64_t k, float* hint = nullptr) {
   if (select_by_sort()) return select_topk_by_sort(x, k).to(at::kInt);
-  return select_topk_radix(x, nullptr, k);
+  return select_topk_radix(x, nullptr, k, hint);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k) {
+std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k,
+                                              const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, "topk");
+  check_threshold_hint(threshold, x, "topk");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor flat = x.contiguous().view({-1});
-  const at::Tensor selected = select_topk(flat, k);
+  const at::Tensor selected = select_topk(flat, k, hint_ptr(threshold));
   return {flat.index_select(0, selected), selected};
 }
 
@@ -81,8 +106,8 @@ namespace {
 // indices, adds the sent values to add_to and subtracts them from subtract_from (either
 // may be null; see kernels/sparse_message.cuh).
 at::Tensor select_and_pack(const at::Tensor& src, int64_t k, at::Tensor* add_to,
-                           at::Tensor* subtract_from) {
-  const at::Tensor selected = select_topk(src, k);
+                           at::Tensor* subtract_from, float* hint) {
+  const at::Tensor selected = select_topk(src, k, hint);
   const TopkMessageLayout layout = topk_message_layout(k, src.scalar_type());
   at::Tensor message = at::zeros({layout.nbytes}, src.options().dtype(at::kByte));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -101,9 +126,9 @@ at::Tensor select_and_pack(const at::Tensor& src, int64_t k, at::Tensor* add_to,
 
 // EF21's step on the 1-D contiguous a (g, or EF21-SGDM's v) and h: c = TopK(T(a - h)),
 // h += c, the message of c; the differences are never materialised.
-at::Tensor select_difference_and_pack(const at::Tensor& a, at::Tensor& h, int64_t k) {
-  if (select_by_sort()) return select_and_pack(at::sub(a, h), k, &h, nullptr);
-  const at::Tensor selected = select_topk_radix(a, &h, k);
+at::Tensor select_difference_and_pack(const at::Tensor& a, at::Tensor& h, int64_t k, float* hint) {
+  if (select_by_sort()) return select_and_pack(at::sub(a, h), k, &h, nullptr, hint);
+  const at::Tensor selected = select_topk_radix(a, &h, k, hint);
   const TopkMessageLayout layout = topk_message_layout(k, a.scalar_type());
   at::Tensor message = at::zeros({layout.nbytes}, a.options().dtype(at::kByte));
   EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "select_difference_and_pack_cuda", [&] {
@@ -118,30 +143,36 @@ at::Tensor select_difference_and_pack(const at::Tensor& a, at::Tensor& h, int64_
 
 }  // namespace
 
-at::Tensor topk_encode_cuda(const at::Tensor& x, int64_t k) {
+at::Tensor topk_encode_cuda(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, "topk_encode");
+  check_threshold_hint(threshold, x, "topk_encode");
   const c10::cuda::CUDAGuard guard(x.device());
-  return select_and_pack(x.contiguous().view({-1}), k, nullptr, nullptr);
+  return select_and_pack(x.contiguous().view({-1}), k, nullptr, nullptr, hint_ptr(threshold));
 }
 
-at::Tensor ef_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, int64_t k) {
+at::Tensor ef_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, int64_t k,
+                               const std::optional<at::Tensor>& threshold) {
   check_stateful_encode_args(g, e, "e", k, "ef_topk_encode_");
+  check_threshold_hint(threshold, g, "ef_topk_encode_");
   const c10::cuda::CUDAGuard guard(g.device());
   at::Tensor flat = e.view({-1});
   flat.add_(g.contiguous().view({-1}));  // e becomes p = g + e
-  return select_and_pack(flat, k, nullptr, &flat);
+  return select_and_pack(flat, k, nullptr, &flat, hint_ptr(threshold));
 }
 
-at::Tensor ef21_topk_encode_cuda(const at::Tensor& g, at::Tensor& h_local, int64_t k) {
+at::Tensor ef21_topk_encode_cuda(const at::Tensor& g, at::Tensor& h_local, int64_t k,
+                                 const std::optional<at::Tensor>& threshold) {
   check_stateful_encode_args(g, h_local, "h_local", k, "ef21_topk_encode_");
+  check_threshold_hint(threshold, g, "ef21_topk_encode_");
   const c10::cuda::CUDAGuard guard(g.device());
   at::Tensor flat = h_local.view({-1});
-  return select_difference_and_pack(g.contiguous().view({-1}), flat, k);
+  return select_difference_and_pack(g.contiguous().view({-1}), flat, k, hint_ptr(threshold));
 }
 
 at::Tensor ef21_sgdm_topk_encode_cuda(const at::Tensor& g, at::Tensor& v, at::Tensor& h_local,
-                                      int64_t k, double eta) {
+                                      int64_t k, double eta, const std::optional<at::Tensor>& threshold) {
   check_two_state_encode_args(g, v, "v", h_local, k, eta, "ef21_sgdm_topk_encode_");
+  check_threshold_hint(threshold, g, "ef21_sgdm_topk_encode_");
   const c10::cuda::CUDAGuard guard(g.device());
   const at::Tensor gc = g.contiguous();
   EFCOMM_DISPATCH_FLOAT_TYPES(g.scalar_type(), "ef21_sgdm_momentum_cuda", [&] {
@@ -151,19 +182,20 @@ at::Tensor ef21_sgdm_topk_encode_cuda(const at::Tensor& g, at::Tensor& v, at::Te
                              at::cuda::getCurrentCUDAStream());
   });
   at::Tensor flat = h_local.view({-1});
-  return select_difference_and_pack(v.view({-1}), flat, k);
+  return select_difference_and_pack(v.view({-1}), flat, k, hint_ptr(threshold));
 }
 
 at::Tensor econtrol_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, at::Tensor& h_local,
-                                     int64_t k, double eta) {
+                                     int64_t k, double eta, const std::optional<at::Tensor>& threshold) {
   check_two_state_encode_args(g, e, "e", h_local, k, eta, "econtrol_topk_encode_");
+  check_threshold_hint(threshold, g, "econtrol_topk_encode_");
   const c10::cuda::CUDAGuard guard(g.device());
   at::Tensor e_flat = e.view({-1});
   at::Tensor h_flat = h_local.view({-1});
   const at::Tensor r = at::sub(g.contiguous().view({-1}), h_flat);
   const at::Tensor p = at::add(r, at::mul(e_flat, eta));  // each op rounds to g's dtype
   e_flat.add_(r);
-  return select_and_pack(p, k, &h_flat, &e_flat);
+  return select_and_pack(p, k, &h_flat, &e_flat, hint_ptr(threshold));
 }
 
 void topk_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered, int64_t k,

@@ -13,30 +13,38 @@ namespace efcomm {
 // Exact Top-k by magnitude over the flattened x. Returns (values [k] in x's dtype,
 // indices [k] int32), indices ascending; among equal magnitudes the lower index wins;
 // NaN ranks above +inf.
-std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k);
+// Every Top-k op takes an optional threshold hint (float32[2] on x's device, read and
+// rewritten): threshold Top-k, kernels/topk_hint.h. The selection stays exact.
+std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k,
+                                             const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // The Top-k message of x (no state): the compressor of plain compressed SGD (DCSGD).
-at::Tensor topk_encode_cpu(const at::Tensor& x, int64_t k);
+at::Tensor topk_encode_cpu(const at::Tensor& x, int64_t k,
+                           const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // Classic error feedback (Seide et al. 2014; Stich et al. 2018) with Top-k:
 //   e = g + e (rounded to g's dtype);  c = TopK(e);  e -= c;  returns the message of c.
-at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k);
+at::Tensor ef_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, int64_t k,
+                              const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // EF21 worker step with the Top-k compressor (Richtarik et al. 2021):
 //   d = g - h_local;  c = TopK(d);  h_local += c;  returns the message of c
 // (layout in csrc/message_layout.h). d is rounded to g's dtype before selection.
-at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_t k);
+at::Tensor ef21_topk_encode_cpu(const at::Tensor& g, at::Tensor& h_local, int64_t k,
+                                const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // EF21-SGDM worker step (Fatkhullin, Tyurin, Richtarik 2023, arXiv 2305.15155):
 //   v = (1 - eta) v + eta g;  c = TopK(v - h_local);  h_local += c;  returns the message of c.
 at::Tensor ef21_sgdm_topk_encode_cpu(const at::Tensor& g, at::Tensor& v, at::Tensor& h_local,
-                                     int64_t k, double eta);
+                                     int64_t k, double eta,
+    const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // EControl worker step (Gao, Islamov, Stich 2023, arXiv 2311.05645):
 //   delta = TopK(eta e + g - h_local);  e += g - h_local - delta;  h_local += delta.
 // Rounding: r = T(g - h), p = T(r + T(eta e)), e = T(e + r), then e -= p and h += p where sent.
 at::Tensor econtrol_topk_encode_cpu(const at::Tensor& g, at::Tensor& e, at::Tensor& h_local,
-                                    int64_t k, double eta);
+                                    int64_t k, double eta,
+    const std::optional<at::Tensor>& threshold = std::nullopt);
 
 // Without weights: h += (1/n) * sum_j c_j over the n gathered Top-k messages ([n, nbytes]
 // uint8): acc = sum in rank order in float32, then h = dtype(float(h) + float32(acc * (1/n))).
@@ -114,14 +122,20 @@ void randk_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered, int64_t k, 
                           std::optional<at::ArrayRef<double>> weights);
 
 #ifdef EFCOMM_WITH_CUDA
-std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k);
-at::Tensor topk_encode_cuda(const at::Tensor& x, int64_t k);
-at::Tensor ef_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, int64_t k);
-at::Tensor ef21_topk_encode_cuda(const at::Tensor& g, at::Tensor& h_local, int64_t k);
+std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k,
+                                              const std::optional<at::Tensor>& threshold = std::nullopt);
+at::Tensor topk_encode_cuda(const at::Tensor& x, int64_t k,
+                            const std::optional<at::Tensor>& threshold = std::nullopt);
+at::Tensor ef_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, int64_t k,
+                               const std::optional<at::Tensor>& threshold = std::nullopt);
+at::Tensor ef21_topk_encode_cuda(const at::Tensor& g, at::Tensor& h_local, int64_t k,
+                                 const std::optional<at::Tensor>& threshold = std::nullopt);
 at::Tensor ef21_sgdm_topk_encode_cuda(const at::Tensor& g, at::Tensor& v, at::Tensor& h_local,
-                                      int64_t k, double eta);
+                                      int64_t k, double eta,
+    const std::optional<at::Tensor>& threshold = std::nullopt);
 at::Tensor econtrol_topk_encode_cuda(const at::Tensor& g, at::Tensor& e, at::Tensor& h_local,
-                                     int64_t k, double eta);
+                                     int64_t k, double eta,
+    const std::optional<at::Tensor>& threshold = std::nullopt);
 void topk_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered, int64_t k,
                           std::optional<at::ArrayRef<double>> weights);
 at::Tensor clip21_encode_cuda(const at::Tensor& g, at::Tensor& h_local, double tau);

@@ -6,12 +6,12 @@
 #include "csrc/message_layout.h"
 
 TORCH_LIBRARY(efcomm, m) {
-  m.def("topk(Tensor x, int k) -> (Tensor values, Tensor indices)");
-  m.def("topk_encode(Tensor x, int k) -> Tensor");
-  m.def("ef_topk_encode_(Tensor g, Tensor(a!) e, int k) -> Tensor");
-  m.def("ef21_topk_encode_(Tensor g, Tensor(a!) h_local, int k) -> Tensor");
-  m.def("ef21_sgdm_topk_encode_(Tensor g, Tensor(a!) v, Tensor(b!) h_local, int k, float eta) -> Tensor");
-  m.def("econtrol_topk_encode_(Tensor g, Tensor(a!) e, Tensor(b!) h_local, int k, float eta) -> Tensor");
+  m.def("topk(Tensor x, int k, Tensor(t!)? threshold=None) -> (Tensor values, Tensor indices)");
+  m.def("topk_encode(Tensor x, int k, Tensor(t!)? threshold=None) -> Tensor");
+  m.def("ef_topk_encode_(Tensor g, Tensor(a!) e, int k, Tensor(t!)? threshold=None) -> Tensor");
+  m.def("ef21_topk_encode_(Tensor g, Tensor(a!) h_local, int k, Tensor(t!)? threshold=None) -> Tensor");
+  m.def("ef21_sgdm_topk_encode_(Tensor g, Tensor(a!) v, Tensor(b!) h_local, int k, float eta, Tensor(t!)? threshold=None) -> Tensor");
+  m.def("econtrol_topk_encode_(Tensor g, Tensor(a!) e, Tensor(b!) h_local, int k, float eta, Tensor(t!)? threshold=None) -> Tensor");
   m.def("topk_decode_add_(Tensor(a!) h, Tensor gathered, int k, float[]? weights=None) -> ()");
   m.def("clip21_encode_(Tensor g, Tensor(a!) h_local, float tau) -> Tensor");
   m.def("dense_decode_add_(Tensor(a!) h, Tensor gathered, int? world_size=None) -> ()");

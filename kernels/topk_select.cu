@@ -4,12 +4,49 @@
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
+#include <iterator>
 #include <string>
 
 #include "kernels/float_convert.cuh"
 #include "kernels/launch.cuh"
 
 namespace efcomm::kernels {
+
+// An output iterator for cub::DeviceSelect that keeps the first `cap` items and drops the
+// rest (the count still counts them), so that the buffer is sized by the bound, not by n.
+struct BoundedWrite {
+  int64_t* out;
+  int64_t cap;
+  int64_t pos;
+  __device__ BoundedWrite& operator=(int64_t value) {
+    if (pos < cap) out[pos] = value;
+    return *this;
+  }
+};
+
+struct BoundedOutput {
+  using iterator_category = std::random_access_iterator_tag;
+  using value_type = int64_t;
+  using difference_type = ::cuda::std::int64_t;
+  using pointer = void;
+  using reference = BoundedWrite;
+  int64_t* out;
+  int64_t cap;
+  int64_t pos;
+  __host__ __device__ BoundedWrite operator*() const { return {out, cap, pos}; }
+  __host__ __device__ BoundedWrite operator[](difference_type i) const { return {out, cap, pos + i}; }
+  __host__ __device__ BoundedOutput operator+(difference_type i) const { return {out, cap, pos + i}; }
+  __host__ __device__ BoundedOutput operator-(difference_type i) const { return {out, cap, pos - i}; }
+  __host__ __device__ difference_type operator-(const BoundedOutput& other) const { return pos - other.pos; }
+  __host__ __device__ BoundedOutput& operator+=(difference_type i) { pos += i; return *this; }
+  __host__ __device__ BoundedOutput& operator-=(difference_type i) { pos -= i; return *this; }
+  __host__ __device__ BoundedOutput& operator++() { ++pos; return *this; }
+  __host__ __device__ BoundedOutput operator++(int) { BoundedOutput old = *this; ++pos; return old; }
+  __host__ __device__ BoundedOutput& operator--() { --pos; return *this; }
+  __host__ __device__ bool operator==(const BoundedOutput& other) const { return pos == other.pos; }
+  __host__ __device__ bool operator!=(const BoundedOutput& other) const { return pos != other.pos; }
+};
+
 namespace {
 
 template <typename T>
@@ -138,6 +175,38 @@ struct Selected {
   }
 };
 
+// The hinted path's candidates: magnitude at least hint[0], or NaN (ranks above all).
+template <typename T>
+struct ReachesHint {
+  TopkSource<T> src;
+  const float* hint;
+  __device__ bool operator()(int64_t i) const {
+    const float v = to_float(source_value(src, i));
+    return isnan(v) || fabsf(v) >= hint[0];
+  }
+};
+
+// The magnitude of a key (the key is the magnitude's bit pattern; NaN keys give NaN).
+template <typename T>
+__device__ float key_magnitude(uint32_t key);
+template <>
+__device__ float key_magnitude<float>(uint32_t key) { return key >= 0x7F800001u ? __int_as_float(0x7FC00000) : __uint_as_float(key); }
+template <>
+__device__ float key_magnitude<__half>(uint32_t key) { return __half2float(__ushort_as_half(static_cast<unsigned short>(key))); }
+template <>
+__device__ float key_magnitude<__nv_bfloat16>(uint32_t key) {
+  return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(key)));
+}
+
+// hint[0] = float32(kTopkHintMargin * |k-th largest|) when that is finite and positive,
+// else 0 (no hint: the next call selects exactly); hint[1] = fell_back.
+template <typename T>
+__global__ void next_hint_kernel(const int64_t* __restrict__ scalars, float fell_back, float* hint) {
+  const float next = __fmul_rn(kTopkHintMargin, key_magnitude<T>(static_cast<uint32_t>(scalars[0])));
+  hint[0] = isfinite(next) && next > 0.0f ? next : 0.0f;
+  hint[1] = fell_back;
+}
+
 __global__ void narrow_indices_kernel(const int64_t* __restrict__ wide, int64_t k, int32_t* __restrict__ out) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < k;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -236,7 +305,8 @@ size_t topk_finish_workspace(int64_t n, int64_t candidates) {
 
 template <typename T>
 void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
-                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream) {
+                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
+                 const int64_t* given_candidates, float* hint, bool fell_back) {
   const FinishLayout layout = finish_layout<T>(n, candidates);
   if (workspace_bytes < layout.total) throw std::runtime_error("efcomm: topk_finish workspace too small");
   auto* base = static_cast<uint8_t*>(workspace);
@@ -258,10 +328,17 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
   size_t temp_bytes = layout.cub_temp;
 
   const thrust::counting_iterator<int64_t> first(0);
-  // The entries in or above the boundary bin, in index order (exactly `candidates` of them).
-  check_cub(cub::DeviceSelect::If(temp, temp_bytes, first, cand, counts, static_cast<::cuda::std::int64_t>(n),
-                                  InOrAboveBin<T>{src, info}, stream),
-            "cub::DeviceSelect::If (candidates)");
+  if (given_candidates != nullptr) {  // the hinted path's candidates, in index order
+    check_cub(cudaMemcpyAsync(cand, given_candidates, candidates * sizeof(int64_t), cudaMemcpyDeviceToDevice, stream),
+              "cudaMemcpyAsync (candidates)");
+    check_cub(cudaMemcpyAsync(counts, &candidates, sizeof(int64_t), cudaMemcpyHostToDevice, stream),
+              "cudaMemcpyAsync (candidate count)");
+  } else {
+    // The entries in or above the boundary bin, in index order (exactly `candidates` of them).
+    check_cub(cub::DeviceSelect::If(temp, temp_bytes, first, cand, counts, static_cast<::cuda::std::int64_t>(n),
+                                    InOrAboveBin<T>{src, info}, stream),
+              "cub::DeviceSelect::If (candidates)");
+  }
   candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand, counts, keys);
   check_launch("topk candidate keys");
   temp_bytes = layout.cub_temp;
@@ -284,6 +361,30 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
             "cub::DeviceSelect::If (selection)");
   narrow_indices_kernel<<<grid_for(k), kThreads, 0, stream>>>(wide, k, out_indices);
   check_launch("topk narrow indices");
+  if (hint != nullptr) {
+    next_hint_kernel<T><<<1, 1, 0, stream>>>(scalars, fell_back ? 1.0f : 0.0f, hint);
+    check_launch("topk next hint");
+  }
+}
+
+template <typename T>
+size_t topk_hinted_workspace(int64_t n, int64_t cap) {
+  size_t bytes = 0;
+  const thrust::counting_iterator<int64_t> first(0);
+  const TopkSource<T> none{nullptr, nullptr};
+  check_cub(cub::DeviceSelect::If(nullptr, bytes, first, BoundedOutput{nullptr, cap, 0}, static_cast<int64_t*>(nullptr),
+                                  static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{none, nullptr}),
+            "cub::DeviceSelect::If (size query)");
+  return bytes;
+}
+
+template <typename T>
+void topk_hinted_candidates(TopkSource<T> src, int64_t n, const float* hint, int64_t cap, void* workspace,
+                            size_t workspace_bytes, int64_t* candidates, int64_t* count, cudaStream_t stream) {
+  const thrust::counting_iterator<int64_t> first(0);
+  check_cub(cub::DeviceSelect::If(workspace, workspace_bytes, first, BoundedOutput{candidates, cap, 0}, count,
+                                  static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{src, hint}, stream),
+            "cub::DeviceSelect::If (hinted candidates)");
 }
 
 template <typename T>
@@ -297,7 +398,10 @@ void pack_difference(const T* a, T* b, const int32_t* indices, int64_t k, T* msg
   template void topk_histogram<T>(TopkSource<T>, int64_t, int64_t, uint32_t*, int64_t*, cudaStream_t); \
   template size_t topk_finish_workspace<T>(int64_t, int64_t);                                                  \
   template void topk_finish<T>(TopkSource<T>, int64_t, int64_t, const int64_t*, int64_t, void*,      \
-                               size_t, int32_t*, cudaStream_t);                                       \
+                               size_t, int32_t*, cudaStream_t, const int64_t*, float*, bool);        \
+  template size_t topk_hinted_workspace<T>(int64_t, int64_t);                                          \
+  template void topk_hinted_candidates<T>(TopkSource<T>, int64_t, const float*, int64_t, void*, size_t, \
+                                          int64_t*, int64_t*, cudaStream_t);                          \
   template void pack_difference<T>(const T*, T*, const int32_t*, int64_t, T*, int32_t*, cudaStream_t);
 
 EFCOMM_INSTANTIATE(float)

@@ -23,6 +23,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/topk_hint.h"
+
 namespace efcomm::kernels {
 
 constexpr int kTopkBins = 4096;
@@ -44,10 +46,26 @@ void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int
 template <typename T>
 size_t topk_finish_workspace(int64_t n, int64_t candidates);
 
-// Writes the k selected indices, ascending, to out_indices (int32).
+// Writes the k selected indices, ascending, to out_indices (int32). The candidates are the
+// entries in or above info's boundary bin, or given_candidates (the hinted path's, in index
+// order, all of the entries that can be selected). With hint (device float[2]), writes the
+// next call's hint: hint[0] = float32(kTopkHintMargin * |k-th largest|) when finite and
+// positive, else 0; hint[1] = fell_back (1 or 0).
 template <typename T>
 void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
-                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream);
+                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
+                 const int64_t* given_candidates = nullptr, float* hint = nullptr, bool fell_back = false);
+
+// The hinted path (threshold Top-k): one pass writes, in index order, the entries whose
+// magnitude reaches hint[0] (and NaNs), keeping the first cap of them, and counts them all
+// (count: device int64). When k <= count <= cap, they hold the exact Top-k: topk_finish on
+// them gives it without the histogram pass. Otherwise the caller falls back to the two passes.
+template <typename T>
+size_t topk_hinted_workspace(int64_t n, int64_t cap);
+
+template <typename T>
+void topk_hinted_candidates(TopkSource<T> src, int64_t n, const float* hint, int64_t cap, void* workspace,
+                            size_t workspace_bytes, int64_t* candidates, int64_t* count, cudaStream_t stream);
 
 // For t < k, i = indices[t], v = T(float(a[i]) - float(b[i])):
 // msg_values[t] = v; msg_indices[t] = i; b[i] = T(float(b[i]) + float(v)) (EF21: h_local += c).

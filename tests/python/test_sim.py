@@ -209,26 +209,28 @@ def test_induced_compressor_needs_fewer_bits_than_rand_k_where_energy_concentrat
     """Horvath & Richtarik 2020 (arXiv 2006.11077), the second half of their claim: the
     induced compressor's variance is Rand-k's on what Top-k leaves, so where the
     gradient's energy sits in a few coordinates (curvature over six decades, the same
-    coordinates on every worker) it reaches an accuracy with fewer bits than Rand-k alone,
-    each at its best step size of a grid. Both send 320 bits per step here: Rand-10 ten
-    values (shared indices), Top-2 + Rand-6 two values and indices, then six values."""
+    coordinates on every worker, one common minimiser) it reaches an accuracy with fewer
+    bits than Rand-k alone, each at its best step size of a grid. Both send 320 bits per
+    step here: Rand-10 ten values (shared indices), Top-2 + Rand-6 two values and indices,
+    then six values. "Reaches" means stays below the target for 200 steps: the induced
+    run is the noisier one."""
     problem = problems.ill_conditioned_quadratic()
 
-    def bits_to_reach(compressor, target=1e-4):
+    def bits_to_stay_below(compressor, target=1e-4, window=200):
         best = math.inf
         for lr in (0.2, 0.3, 0.5, 0.7):
-            h = sim.simulate(problem, "none", compressor, steps=800, lr=lr)
-            hit = next((t for t, v in enumerate(h.grad_norm_sq) if v <= target * h.grad_norm_sq[0]), None)
+            g = sim.simulate(problem, "none", compressor, steps=900, lr=lr)
+            bits = g.bits_per_worker
+            g = g.grad_norm_sq
+            hit = next((t for t in range(len(g) - window) if max(g[t : t + window]) <= target * g[0]), None)
             if hit is not None:
-                best = min(best, h.bits_per_worker[hit])
+                best = min(best, bits[hit])
         return best
 
-    rand = bits_to_reach(RandK(k=10, unbiased=True))
-    induced = bits_to_reach(Induced(TopK(k=2), RandK(k=6, unbiased=True)))
-    # When written: Rand-10 143,040 bits (lr 0.2), induced 67,840 (lr 0.5): 2.1x fewer.
-    assert induced * 1.5 < rand < math.inf
-    top = sim.simulate(problem, "none", TopK(k=10), steps=800, lr=0.7)
-    assert min(top.grad_norm_sq) > 1e-4 * top.grad_norm_sq[0]  # biased Top-k alone is far slower
+    rand = bits_to_stay_below(RandK(k=10, unbiased=True))
+    induced = bits_to_stay_below(Induced(TopK(k=2), RandK(k=6, unbiased=True)))
+    # When written: Rand-10 142,720 bits (lr 0.2), induced 106,240 (lr 0.5): 1.34x fewer.
+    assert induced * 1.2 < rand < math.inf
 
 
 def test_ef21_converges_with_every_contractive_compressor():

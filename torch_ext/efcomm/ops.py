@@ -13,6 +13,7 @@ from . import _lib  # noqa: F401  (registers the ops)
 __all__ = [
     "topk",
     "topk_encode",
+    "topk_threshold_hint",
     "ef_topk_encode_",
     "ef21_topk_encode_",
     "ef21_sgdm_topk_encode_",
@@ -34,47 +35,63 @@ __all__ = [
 ]
 
 
-def topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def topk(x: Tensor, k: int, threshold: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Exact Top-k by magnitude over the flattened ``x``.
 
     Returns ``(values, indices)``: ``values`` keep their sign and dtype, ``indices`` are
     int32 and ascending. Among equal magnitudes the lower index wins; NaN ranks above inf.
+
+    ``threshold`` (every Top-k op takes it): threshold Top-k's hint, a float32 tensor
+    ``[tau, fell_back]`` on ``x``'s device that the op reads and rewrites (start from
+    :func:`topk_threshold_hint`). The result stays exact; on CUDA, when at least k and at
+    most 4k entries reach ``tau``, one pass over ``x`` finds them and the histogram pass is
+    skipped. The op then sets ``tau`` to 0.95 times the k-th largest magnitude, and
+    ``fell_back`` to 1 when this call needed the two passes (kernels/topk_hint.h).
     """
-    return torch.ops.efcomm.topk.default(x, k)
+    return torch.ops.efcomm.topk.default(x, k, threshold)
 
 
-def topk_encode(x: Tensor, k: int) -> Tensor:
+def topk_threshold_hint(device=None) -> Tensor:
+    """A fresh threshold Top-k hint (no threshold yet: the first call selects in two passes)."""
+    return torch.zeros(2, dtype=torch.float32, device=device)
+
+
+def topk_encode(x: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     """The fixed-size message of ``TopK(x)`` (values, then int32 indices); no state."""
-    return torch.ops.efcomm.topk_encode.default(x, k)
+    return torch.ops.efcomm.topk_encode.default(x, k, threshold)
 
 
-def ef_topk_encode_(g: Tensor, e: Tensor, k: int) -> Tensor:
+def ef_topk_encode_(g: Tensor, e: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     """One classic error-feedback step with Top-k: ``e = g + e``, ``c = TopK(e)``, ``e -= c``.
 
     ``e`` is updated in place; returns the message of ``c``.
     """
-    return torch.ops.efcomm.ef_topk_encode_.default(g, e, k)
+    return torch.ops.efcomm.ef_topk_encode_.default(g, e, k, threshold)
 
 
-def ef21_topk_encode_(g: Tensor, h_local: Tensor, k: int) -> Tensor:
+def ef21_topk_encode_(g: Tensor, h_local: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     """One EF21 worker step with Top-k: ``c = TopK(g - h_local)``, ``h_local += c`` in place.
 
     Returns the fixed-size uint8 message holding ``c`` (values, then int32 indices; layout
     in csrc/message_layout.h, size :func:`topk_message_nbytes`).
     """
-    return torch.ops.efcomm.ef21_topk_encode_.default(g, h_local, k)
+    return torch.ops.efcomm.ef21_topk_encode_.default(g, h_local, k, threshold)
 
 
-def ef21_sgdm_topk_encode_(g: Tensor, v: Tensor, h_local: Tensor, k: int, eta: float) -> Tensor:
+def ef21_sgdm_topk_encode_(
+    g: Tensor, v: Tensor, h_local: Tensor, k: int, eta: float, threshold: Optional[Tensor] = None
+) -> Tensor:
     """One EF21-SGDM worker step: ``v = (1 - eta) v + eta g``, ``c = TopK(v - h_local)``,
     ``h_local += c`` (``v`` and ``h_local`` in place); returns the message of ``c``."""
-    return torch.ops.efcomm.ef21_sgdm_topk_encode_.default(g, v, h_local, k, eta)
+    return torch.ops.efcomm.ef21_sgdm_topk_encode_.default(g, v, h_local, k, eta, threshold)
 
 
-def econtrol_topk_encode_(g: Tensor, e: Tensor, h_local: Tensor, k: int, eta: float) -> Tensor:
+def econtrol_topk_encode_(
+    g: Tensor, e: Tensor, h_local: Tensor, k: int, eta: float, threshold: Optional[Tensor] = None
+) -> Tensor:
     """One EControl worker step: ``delta = TopK(eta e + g - h_local)``,
     ``e += g - h_local - delta``, ``h_local += delta`` (in place); returns the message of delta."""
-    return torch.ops.efcomm.econtrol_topk_encode_.default(g, e, h_local, k, eta)
+    return torch.ops.efcomm.econtrol_topk_encode_.default(g, e, h_local, k, eta, threshold)
 
 
 def topk_decode_add_(h: Tensor, gathered: Tensor, k: int, weights: Optional[list[float]] = None) -> None:
@@ -114,36 +131,40 @@ def topk_message_nbytes(k: int, dtype: torch.dtype) -> int:
 
 
 @torch.library.register_fake("efcomm::topk")
-def _topk_fake(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _topk_fake(x: Tensor, k: int, threshold: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     torch._check(1 <= k <= x.numel(), lambda: f"topk: k ({k}) must be in [1, {x.numel()}]")
     return x.new_empty((k,)), x.new_empty((k,), dtype=torch.int32)
 
 
 @torch.library.register_fake("efcomm::topk_encode")
-def _topk_encode_fake(x: Tensor, k: int) -> Tensor:
+def _topk_encode_fake(x: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     torch._check(1 <= k <= x.numel(), lambda: f"topk_encode: k ({k}) must be in [1, {x.numel()}]")
     return x.new_empty((topk_message_nbytes(k, x.dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("efcomm::ef_topk_encode_")
-def _ef_topk_encode_fake(g: Tensor, e: Tensor, k: int) -> Tensor:
+def _ef_topk_encode_fake(g: Tensor, e: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     torch._check(g.shape == e.shape, lambda: "ef_topk_encode_: g and e differ in shape")
     return g.new_empty((topk_message_nbytes(k, g.dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("efcomm::ef21_topk_encode_")
-def _ef21_topk_encode_fake(g: Tensor, h_local: Tensor, k: int) -> Tensor:
+def _ef21_topk_encode_fake(g: Tensor, h_local: Tensor, k: int, threshold: Optional[Tensor] = None) -> Tensor:
     torch._check(g.shape == h_local.shape, lambda: "ef21_topk_encode_: g and h_local differ in shape")
     return g.new_empty((topk_message_nbytes(k, g.dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("efcomm::ef21_sgdm_topk_encode_")
-def _ef21_sgdm_topk_encode_fake(g: Tensor, v: Tensor, h_local: Tensor, k: int, eta: float) -> Tensor:
+def _ef21_sgdm_topk_encode_fake(
+    g: Tensor, v: Tensor, h_local: Tensor, k: int, eta: float, threshold: Optional[Tensor] = None
+) -> Tensor:
     return g.new_empty((topk_message_nbytes(k, g.dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("efcomm::econtrol_topk_encode_")
-def _econtrol_topk_encode_fake(g: Tensor, e: Tensor, h_local: Tensor, k: int, eta: float) -> Tensor:
+def _econtrol_topk_encode_fake(
+    g: Tensor, e: Tensor, h_local: Tensor, k: int, eta: float, threshold: Optional[Tensor] = None
+) -> Tensor:
     return g.new_empty((topk_message_nbytes(k, g.dtype),), dtype=torch.uint8)
 
 

@@ -84,7 +84,7 @@ def quadratic(L_i: list, d: int = 100, seed: int = 0) -> Problem:
 
 
 def ill_conditioned_quadratic(
-    n: int = 10, d: int = 100, decades: float = 6.0, heterogeneity: float = 0.05, seed: int = 0
+    n: int = 10, d: int = 100, decades: float = 6.0, heterogeneity: float = 0.0, seed: int = 0
 ) -> Problem:
     """Quadratics f_i(x) = 1/2 (x - b_i)^T A_i (x - b_i) whose curvature falls over ``decades``
     orders of magnitude along the coordinates, the same for every worker (as features of
