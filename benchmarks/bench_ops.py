@@ -8,13 +8,17 @@ least (its bound), the bandwidth that implies, the fraction of the copy bandwidt
 in the same run, and the time of the PyTorch composition that does the same work. The
 quantizers (QSGD 4-bit, natural, scaled sign, int8, fp8: encode, and the decode of
 --world messages) and Rand-k do not depend on k/d for the quantizers; their rows also give
-the bits per entry on the wire. Results go to <out>/bench_ops.json and a plot to
-<out>/bench_ops.png.
+the bits per entry on the wire. Threshold Top-k rows give the fraction of the exact Top-k
+energy they keep (quality) and whether the timed calls fell back to two passes. On a GPU
+with CCCL 3.2+ headers (``pip install nvidia-cuda-cccl``, or --cccl-include), the Top-k and
+EF21 encode rows also time cub::DeviceTopK on the same work (benchmarks/cub_topk.cu, float32).
+Results go to <out>/bench_ops.json and a plot to <out>/bench_ops.png.
 """
 import argparse
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.utils.benchmark import Timer
@@ -48,8 +52,10 @@ def _sort_path(fn):
     return run
 
 
-def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: int):
-    """(name, efcomm fn, baseline fn, bytes bound) for one configuration."""
+def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: int, cub=None):
+    """(name, efcomm fn, baseline fn, bytes bound, extras) for one configuration; extras may
+    hold "cub" (the CUB DeviceTopK baseline's fn), "quality" (the fraction of the exact
+    Top-k energy the selection keeps) and "hint" (threshold Top-k's, to report fallbacks)."""
     es = torch.empty((), dtype=dtype).element_size()
     gen = torch.Generator(device=device).manual_seed(0)
     g = torch.randn(numel, device=device, generator=gen).to(dtype)
@@ -78,12 +84,33 @@ def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: i
             values, indices = gathered[j, : k * es].view(dtype), gathered[j, -4 * k :].view(torch.int32)
             h.index_add_(0, indices.long(), values, alpha=1.0 / world)
 
-    yield "topk", lambda: ops.topk(g, k), torch_topk, numel * es + out
+    cub_topk = cub_encode = None
+    if cub is not None and dtype == torch.float32 and device.type == "cuda":
+        cub_topk = lambda: cub.topk(g, k)  # noqa: E731
+        cub_h = h_local.clone()
+        cub_encode = lambda: cub.ef21_encode(g, cub_h, k)  # noqa: E731
+    yield "topk", lambda: ops.topk(g, k), torch_topk, numel * es + out, {"cub": cub_topk}
     # The CUDA selection the radix select replaced (a stable sort), for comparison.
-    yield "topk_sort_path", _sort_path(lambda: ops.topk(g, k)), torch_topk, numel * es + out
-    yield "ef21_encode", lambda: ops.ef21_topk_encode_(g, h_local, k), torch_encode, 2 * numel * es + out + 2 * k * es
+    yield "topk_sort_path", _sort_path(lambda: ops.topk(g, k)), torch_topk, numel * es + out, {}
+    yield "ef21_encode", lambda: ops.ef21_topk_encode_(g, h_local, k), torch_encode, 2 * numel * es + out + 2 * k * es, {"cub": cub_encode}
+    # Threshold Top-k: the hint primed by one call, then one pass over the input per call
+    # while between k and 4k entries reach it (else the two-pass fallback, reported).
+    hint = ops.topk_threshold_hint(device)
+    exact_values = ops.topk(g, k)[0]
+    hinted_values = ops.topk(g, k, hint)[0]
+    quality = float(hinted_values.double().square().sum() / exact_values.double().square().sum())
+    yield "topk_threshold", lambda: ops.topk(g, k, hint), torch_topk, numel * es + out, {"quality": quality, "hint": hint}
+    encode_hint = ops.topk_threshold_hint(device)
+    ops.ef21_topk_encode_(g, h_local.clone(), k, encode_hint)  # primes the hint
+    exact_message = ops.ef21_topk_encode_(g, h_local.clone(), k)
+    hinted_message = ops.ef21_topk_encode_(g, h_local.clone(), k, encode_hint.clone())
+    values = lambda m: m[: k * es].view(dtype).double()  # noqa: E731
+    encode_quality = float(values(hinted_message).square().sum() / values(exact_message).square().sum())
+    h_hinted = h_local.clone()
+    yield ("ef21_encode_threshold", lambda: ops.ef21_topk_encode_(g, h_hinted, k, encode_hint), torch_encode,
+           2 * numel * es + out + 2 * k * es, {"quality": encode_quality, "hint": encode_hint})
     # bound: read every message once, read and write the entries of h they name
-    yield f"decode_n{world}", lambda: ops.topk_decode_add_(h, gathered, k), torch_decode, gathered.numel() + 2 * named * es
+    yield f"decode_n{world}", lambda: ops.topk_decode_add_(h, gathered, k), torch_decode, gathered.numel() + 2 * named * es, {}
 
 
 # name, scheme, levels, block, stochastic
@@ -154,6 +181,28 @@ def randk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device):
     yield "randk_uniform", lambda: ops.randk_encode(g, k, 0, 0, 0, False), torch_randk, 2 * k * es, None
 
 
+def cccl_with_topk(path: Optional[str]) -> Optional[Path]:
+    """The include directory of a CCCL with cub::DeviceTopK (3.2+): the given one, or that
+    of an installed nvidia-cuda-cccl wheel; None when there is none."""
+    candidates = [Path(path)] if path else []
+    try:
+        import nvidia  # namespace package of the NVIDIA wheels
+
+        candidates += [Path(p) / "cu13" / "include" / "cccl" for p in nvidia.__path__]
+    except ImportError:
+        pass
+    return next((c for c in candidates if (c / "cub" / "device" / "device_topk.cuh").exists()), None)
+
+
+def build_cub_baseline(include: Path):
+    """JIT-builds benchmarks/cub_topk.cu against those headers (first run: about a minute)."""
+    from torch.utils.cpp_extension import load
+
+    source = Path(__file__).with_name("cub_topk.cu")
+    return load(name="efcomm_cub_topk", sources=[str(source)], extra_include_paths=[str(include)],
+                extra_cuda_cflags=["--expt-relaxed-constexpr", "-std=c++17"], verbose=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -163,6 +212,8 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=8, help="messages summed by the decode benchmark")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--cccl-include", default=None,
+                        help="CCCL 3.2+ headers for the CUB DeviceTopK baseline (default: an installed nvidia-cuda-cccl wheel)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -170,31 +221,50 @@ def main() -> None:
     copy_bw = copy_bandwidth(device, 256 * 2**20, args.min_run_time)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write of 256 MiB)")
-    header = (f"{'op':<17} {'numel':>11} {'k/d':>6} {'dtype':<9} {'efcomm ms':>10} {'bound MB':>9} {'GB/s':>7} "
+    header = (f"{'op':<21} {'numel':>11} {'k/d':>6} {'dtype':<9} {'efcomm ms':>10} {'bound MB':>9} {'GB/s':>7} "
               f"{'of copy':>8} {'torch ms':>9} {'speedup':>8} {'wire bits':>9}")
+    cub = None
+    if device.type == "cuda":
+        include = cccl_with_topk(args.cccl_include)
+        if include is None:
+            print("CUB DeviceTopK baseline: skipped (no CCCL 3.2+ headers: pip install nvidia-cuda-cccl, or --cccl-include)")
+        else:
+            cub = build_cub_baseline(include)
+            print(f"CUB DeviceTopK baseline: built against {include}")
+    header += f" {'cub ms':>8} {'vs cub':>7} {'quality':>8} {'fallback':>8}"
     print(header)
     rows = []
 
-    def measure(op, fn, baseline, nbytes, bits, numel, ratio, dtype_name):
+    def measure(op, fn, baseline, nbytes, bits, numel, ratio, dtype_name, extras=None):
+        extras = extras or {}
         t = median_seconds(fn, args.min_run_time)
         tb = median_seconds(baseline, args.min_run_time)
+        tc = median_seconds(extras["cub"], args.min_run_time) if extras.get("cub") is not None else None
+        hint = extras.get("hint")
+        fell_back = None if hint is None else bool(hint[1].item())  # after the timed calls
         row = {
             "op": op, "numel": numel, "ratio": ratio, "dtype": dtype_name, "seconds": t,
             "bound_bytes": nbytes, "bandwidth": nbytes / t, "fraction_of_copy": nbytes / t / copy_bw,
             "torch_seconds": tb, "speedup_vs_torch": tb / t, "wire_bits_per_entry": bits,
+            "cub_seconds": tc, "speedup_vs_cub": None if tc is None else tc / t,
+            "selection_quality": extras.get("quality"), "threshold_fell_back": fell_back,
         }
         rows.append(row)
         ratio_text = "-" if ratio is None else f"{ratio:g}"
         bits_text = "-" if bits is None else f"{bits:.3f}"
-        print(f"{op:<17} {numel:>11,} {ratio_text:>6} {dtype_name:<9} {t * 1e3:>10.3f} {nbytes / 1e6:>9.2f} "
-              f"{nbytes / t / 1e9:>7.2f} {row['fraction_of_copy']:>8.1%} {tb * 1e3:>9.3f} {tb / t:>7.2f}x {bits_text:>9}")
+        cub_text = f"{'-':>8} {'-':>7}" if tc is None else f"{tc * 1e3:>8.3f} {tc / t:>6.2f}x"
+        quality_text = "-" if extras.get("quality") is None else f"{extras['quality']:.4f}"
+        fallback_text = "-" if fell_back is None else ("yes" if fell_back else "no")
+        print(f"{op:<21} {numel:>11,} {ratio_text:>6} {dtype_name:<9} {t * 1e3:>10.3f} {nbytes / 1e6:>9.2f} "
+              f"{nbytes / t / 1e9:>7.2f} {row['fraction_of_copy']:>8.1%} {tb * 1e3:>9.3f} {tb / t:>7.2f}x {bits_text:>9} "
+              f"{cub_text} {quality_text:>8} {fallback_text:>8}")
 
     for numel in sizes:
         for ratio in args.ratios:
             k = max(1, int(numel * ratio))
             for dtype_name in args.dtypes:
-                for op, fn, baseline, nbytes in cases(numel, k, DTYPES[dtype_name], device, args.world):
-                    measure(op, fn, baseline, nbytes, None, numel, ratio, dtype_name)
+                for op, fn, baseline, nbytes, extras in cases(numel, k, DTYPES[dtype_name], device, args.world, cub):
+                    measure(op, fn, baseline, nbytes, None, numel, ratio, dtype_name, extras)
                 for op, fn, baseline, nbytes, bits in randk_cases(numel, k, DTYPES[dtype_name], device):
                     measure(op, fn, baseline, nbytes, bits, numel, ratio, dtype_name)
         for dtype_name in args.dtypes:

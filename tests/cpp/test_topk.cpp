@@ -81,5 +81,49 @@ TEST(TopkCuda, MatchesCpuReference) {
 #endif
 }
 
+// Threshold Top-k (kernels/topk_hint.h): the hint never changes the selection; the op
+// rewrites it as 0.95 times the k-th largest magnitude and flags a fallback.
+TEST(TopkCpu, ThresholdHintKeepsSelectionExactAndTracksKthMagnitude) {
+  torch::manual_seed(3);
+  const at::Tensor x = torch::randn({4000});
+  const int64_t k = 40;
+  at::Tensor hint = torch::zeros({2});
+  const auto [v0, i0] = topk_cpu(x, k);
+  const auto [v1, i1] = topk_cpu(x, k, hint);
+  EXPECT_TRUE(torch::equal(i0, i1));
+  const float kth = v0.abs().min().item<float>();
+  EXPECT_EQ(hint[0].item<float>(), 0.95f * kth);
+  EXPECT_EQ(hint[1].item<float>(), 1.0f);  // no hint yet: 4000 candidates > 4k
+  const auto [v2, i2] = topk_cpu(x, k, hint);
+  EXPECT_TRUE(torch::equal(i0, i2));
+  EXPECT_EQ(hint[1].item<float>(), 0.0f);  // between k and 4k reach 0.95 * kth
+  EXPECT_THROW(topk_cpu(x, k, torch::zeros({3})), c10::Error);
+}
+
+TEST(TopkCuda, ThresholdPathMatchesCpuReference) {
+#ifdef EFCOMM_WITH_CUDA
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  torch::manual_seed(4);
+  for (const auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    const int64_t numel = (1 << 20) + 3, k = 10486;
+    at::Tensor g = torch::randn({numel}).to(dtype);
+    at::Tensor h_cpu = torch::randn({numel}).to(dtype);
+    at::Tensor h_gpu = h_cpu.cuda();
+    at::Tensor hint_cpu = torch::zeros({2});
+    at::Tensor hint_gpu = hint_cpu.cuda();
+    for (int step = 0; step < 4; ++step) {  // step 0 falls back; then the one-pass path
+      const at::Tensor m_cpu = ef21_topk_encode_cpu(g, h_cpu, k, hint_cpu);
+      const at::Tensor m_gpu = ef21_topk_encode_cuda(g.cuda(), h_gpu, k, hint_gpu);
+      EXPECT_TRUE(torch::equal(m_cpu, m_gpu.cpu())) << dtype << " step " << step;
+      EXPECT_TRUE(torch::equal(h_cpu, h_gpu.cpu())) << dtype << " step " << step;
+      EXPECT_TRUE(torch::equal(hint_cpu, hint_gpu.cpu())) << dtype << " step " << step;
+      g = g + 0.01 * torch::randn({numel}).to(dtype);
+    }
+  }
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
+}
+
 }  // namespace
 }  // namespace efcomm

@@ -338,6 +338,7 @@ def test_compressor_parameters():
         (lambda: RandK(ratio=1.5), r"ratio \(1.5\)"),
         (lambda: RandK(k=0), r"k \(0\)"),
         (lambda: TopK().scaled(), r"not unbiased"),
+        (lambda: TopK(threshold=1), r"TopK threshold \(1\) must be a bool"),
         (lambda: Induced(QSGD(), TopK()), r"biased \(QSGD"),
         (lambda: Induced(TopK(), TopK()), r"unbiased_part \(TopK"),
     ],

@@ -177,6 +177,26 @@ def test_resume_with_random_compressors_continues_bit_for_bit(tmp_path, method, 
     assert_same_runs(uninterrupted, resumed)
 
 
+@pytest.mark.parametrize("method", ["ef21", "ef21-sgdm", "ef"], ids=str)
+def test_threshold_topk_trains_the_same_bits_and_resumes_its_hint(tmp_path, method):
+    """TopK(threshold=True) keeps a hint per bucket (saved with the state); the selection
+    stays exact, so training is the exact Top-k run bit for bit."""
+    settings = {"momentum": 0.0, "lr": 0.1} if method == "ef21-sgdm" else {}
+    cfg = replace(BASE, method=method, steps=40, **settings)
+    exact = run(replace(cfg, compressor=efcomm.TopK(0.1)), 2)
+    hinted_cfg = replace(cfg, compressor=efcomm.TopK(0.1, threshold=True))
+    hinted = run(hinted_cfg, 2)
+    for a, b in zip(exact, hinted):
+        assert torch.equal(a["params"], b["params"])
+    buckets = hinted[0]["ef_state"]["buckets"]
+    assert buckets and all(b["hints"]["topk_threshold"][0] > 0 for b in buckets)
+    run(replace(hinted_cfg, steps=20, checkpoint_out=str(tmp_path / "ckpt")), 2)
+    resumed = run(replace(hinted_cfg, steps=20, checkpoint_in=str(tmp_path / "ckpt")), 2)
+    assert_same_runs(hinted, resumed)
+    for a, b in zip(hinted[0]["ef_state"]["buckets"], resumed[0]["ef_state"]["buckets"]):
+        assert torch.equal(a["hints"]["topk_threshold"], b["hints"]["topk_threshold"])
+
+
 def test_gradient_as_bucket_view_gives_the_same_training():
     cfg = replace(BASE, method="ef21", steps=40)
     plain = run(cfg, 2)

@@ -226,6 +226,13 @@ def _opcheck_samples(device):
         yield "ef21_sgdm_topk_encode_", (g, h_local.clone(), h_local.clone(), 9, 0.1)
         yield "econtrol_topk_encode_", (g, h_local.clone(), h_local.clone(), 9, 0.2)
         yield "ef21_topk_encode_", (g, h_local, 9)
+        hint = lambda: torch.tensor([0.5, 0.0], device=device)  # noqa: E731  (a threshold hint)
+        yield "topk", (g, 9, hint())
+        yield "topk_encode", (g, 9, hint())
+        yield "ef_topk_encode_", (g, h_local.clone(), 9, hint())
+        yield "ef21_topk_encode_", (g, h_local.clone(), 9, hint())
+        yield "ef21_sgdm_topk_encode_", (g, h_local.clone(), h_local.clone(), 9, 0.1, hint())
+        yield "econtrol_topk_encode_", (g, h_local.clone(), h_local.clone(), 9, 0.2, hint())
         yield "topk_decode_add_", (torch.randn(97, generator=gen).to(dtype).to(device), gathered, 9)
         yield "topk_decode_add_", (torch.randn(97, generator=gen).to(dtype).to(device), gathered, 9, [0.5, 0.25, 0.25])
         yield "clip21_encode_", (g, h_local.clone(), 0.5)
@@ -495,3 +502,118 @@ def test_cuda_lazy_ops_match_cpu(dtype):
     h_gpu = h.cuda()
     assert torch.equal(ops.lag_encode_(g, h), ops.lag_encode_(g.cuda(), h_gpu).cpu())
     assert torch.equal(h, h_gpu.cpu())
+
+
+# Threshold Top-k: the hint every Top-k op reads and rewrites (kernels/topk_hint.h).
+
+
+def _hinted_calls(k):
+    """(name, fn(x, state, hint) -> what the op returns and changes) for every Top-k op."""
+    return [
+        ("topk", lambda x, s, t: ops.topk(x, k, t)),
+        ("topk_encode", lambda x, s, t: ops.topk_encode(x, k, t)),
+        ("ef_topk_encode_", lambda x, s, t: (ops.ef_topk_encode_(x, s[0], k, t), s[0])),
+        ("ef21_topk_encode_", lambda x, s, t: (ops.ef21_topk_encode_(x, s[0], k, t), s[0])),
+        ("ef21_sgdm_topk_encode_", lambda x, s, t: (ops.ef21_sgdm_topk_encode_(x, s[0], s[1], k, 0.3, t), s[0], s[1])),
+        ("econtrol_topk_encode_", lambda x, s, t: (ops.econtrol_topk_encode_(x, s[0], s[1], k, 0.1, t), s[0], s[1])),
+    ]
+
+
+def _flat(out):
+    return [t.view(torch.uint8) for t in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_threshold_hint_leaves_every_op_exact_and_follows_the_kth_magnitude(device, dtype):
+    numel, k = 5000, 50
+    for index, (name, call) in enumerate(_hinted_calls(k)):
+        gen = torch.Generator().manual_seed(index)
+        base = torch.randn(numel, generator=gen)
+        states = [torch.randn(numel, generator=gen).to(dtype).to(device) for _ in range(2)]
+        plain_states = [s.clone() for s in states]
+        hint = ops.topk_threshold_hint(device)
+        for step in range(4):
+            x = (base + 0.05 * step * torch.randn(numel, generator=gen)).to(dtype).to(device)
+            with_hint = _flat(call(x, states, hint))
+            without = _flat(call(x, plain_states, None))
+            assert all(torch.equal(a, b) for a, b in zip(with_hint, without)), (name, step)
+            # The k-th largest of what the op ranked: recompute it from the message's values.
+            if name == "topk":
+                values = call(x, [s.clone() for s in plain_states], None)[0]
+            else:
+                message = with_hint[0]
+                values = message[: k * x.element_size()].view(dtype)
+            kth = values.float().abs().min()
+            assert hint[0].item() == torch.tensor(0.95, dtype=torch.float32).mul(kth).item(), (name, step)
+            # First call: no hint, every entry a candidate, more than 4k of them: two passes.
+            # Then, on slowly drifting inputs, between k and 4k reach the hint. (The error-
+            # feedback ops rank a vector that shifts more: their flag is not predicted here.)
+            if name in ("topk", "topk_encode") or step == 0:
+                assert hint[1].item() == (1.0 if step == 0 else 0.0), (name, step, hint)
+
+
+def test_threshold_hint_falls_back_and_resets():
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    hint = torch.tensor([100.0, 0.0])  # nothing reaches it: fewer than k candidates
+    exact = ops.topk(x, 10)
+    assert all(torch.equal(a, b) for a, b in zip(ops.topk(x, 10, hint), exact))
+    assert hint[1].item() == 1.0 and 0.0 < hint[0].item() < 100.0
+    hint = torch.tensor([1e-6, 0.0])  # everything reaches it: more than 4k
+    ops.topk(x, 10, hint)
+    assert hint[1].item() == 1.0
+    ops.topk(x, 10, hint)
+    assert hint[1].item() == 0.0  # the updated hint finds between k and 4k
+    y = x.clone()
+    y[:10] = float("nan")  # the k-th largest is NaN: no threshold for the next call
+    ops.topk(y, 10, hint)
+    assert hint.tolist() == [0.0, 0.0]
+    small = torch.randn(7)
+    hint = ops.topk_threshold_hint()
+    ops.topk(small, 7, hint)  # cap = min(n, 4k) = n: every entry is a candidate, no fallback
+    assert hint[1].item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "hint,pattern",
+    [
+        (torch.zeros(2, dtype=torch.float64), r"topk: threshold has dtype Double; expected float32"),
+        (torch.zeros(3), r"topk: threshold must be a contiguous tensor of 2 elements .* got shape \[3\]"),
+        (torch.zeros(4)[::2], r"topk: threshold must be a contiguous tensor of 2 elements"),
+    ],
+)
+def test_threshold_hint_bad_arguments(hint, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        ops.topk(torch.randn(8), 2, hint)
+
+
+@requires_cuda
+def test_threshold_hint_on_another_device_is_rejected():
+    with pytest.raises(RuntimeError, match=r"ef21_topk_encode_: threshold is on cpu but x is on cuda:0"):
+        ops.ef21_topk_encode_(torch.randn(8, device="cuda"), torch.zeros(8, device="cuda"), 2, torch.zeros(2))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("numel,k", [(1, 1), (7, 3), (769, 77), (2**20 + 3, 10486)])
+def test_cuda_threshold_path_matches_cpu_exactly(numel, k, dtype):
+    """The one-pass path (k <= candidates <= 4k), both fallbacks and the hint's bits, against
+    the CPU reference, for every Top-k op; ties and NaNs included."""
+    gen = torch.Generator().manual_seed(numel)
+    for index, (name, call) in enumerate(_hinted_calls(k)):
+        base = torch.randn(numel, generator=gen)
+        states = [torch.randn(numel, generator=gen).to(dtype) for _ in range(2)]
+        states_gpu = [s.cuda() for s in states]
+        hint, hint_gpu = ops.topk_threshold_hint(), ops.topk_threshold_hint("cuda")
+        for step in range(5):
+            x = base + 0.05 * step * torch.randn(numel, generator=gen)
+            if step == 3:
+                x = x.round()  # many ties
+            if step == 4 and numel > 8:
+                x[::97] = float("nan")
+                hint.fill_(0.5), hint_gpu.fill_(0.5)
+            x = x.to(dtype)
+            got = _flat(call(x.cuda(), states_gpu, hint_gpu))
+            want = _flat(call(x, states, hint))
+            assert all(torch.equal(a.cpu(), b) for a, b in zip(got, want)), (name, step)
+            assert torch.equal(hint_gpu.cpu(), hint), (name, step, hint, hint_gpu)

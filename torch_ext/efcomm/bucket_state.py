@@ -49,6 +49,9 @@ class BucketState:
     tensors: dict
     loaded: bool = False  # restored by load_state_dict: its layout is the saved run's
     steps: int = 0  # compressed steps taken on this layout: keys its random streams
+    # Small per-layout tensors that are not per-coordinate (saved; a new layout starts
+    # without them): the threshold Top-k hint, "topk_threshold".
+    hints: dict = field(default_factory=dict)
     # Set by the step's decode: whether the aggregate held inf/NaN (transient, not saved).
     nonfinite: Optional[DeviceFlag] = field(default=None, compare=False)
 

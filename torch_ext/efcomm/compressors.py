@@ -19,7 +19,7 @@ every rank:
 shared by every rank; stochastic rounding by (seed, step, bucket, rank).
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -118,13 +118,24 @@ def _rank_weights(weights: Optional[list], rows: int, scale: float) -> Optional[
 class TopK(Compressor):
     """Keep the entries of largest magnitude of each bucket: ``k`` of them when given, else
     ``ceil(ratio * numel)``. Biased and contractive with alpha = k / d. Message: k values
-    (bucket dtype), padding to 4 bytes, k int32 indices."""
+    (bucket dtype), padding to 4 bytes, k int32 indices.
+
+    ``threshold=True`` (threshold Top-k, a speed option): each bucket keeps the last step's
+    k-th magnitude as a hint (in the hook's state, saved with it), and on CUDA one pass
+    gathers the entries above 0.95 times it; when they number between k and 4k the
+    histogram pass of the exact select is skipped, otherwise the op falls back to it. The
+    selection is the exact Top-k either way (the message is the same bits as without the
+    option); see ``efcomm.ops.topk``. AdaCGD's ladder selects without the hint.
+    """
 
     ratio: float = 0.01
     k: Optional[int] = None
+    threshold: bool = False
 
     def __post_init__(self) -> None:
         _check_ratio_k("TopK", self.ratio, self.k)
+        if not isinstance(self.threshold, bool):
+            raise ValueError(f"efcomm: TopK threshold ({self.threshold!r}) must be a bool")
 
     def k_for(self, numel: int) -> int:
         """Number of entries kept of a bucket of ``numel`` elements (at least 1)."""
@@ -476,11 +487,17 @@ class Codec:
     numel: int
     dtype: torch.dtype
     ctx: Context = Context()
+    hint: Optional[Tensor] = field(default=None, compare=False)  # threshold Top-k hint (TopK(threshold=True))
 
     @property
     def is_topk(self) -> bool:
         """Top-k has fused error-feedback ops (ef21_topk_encode_, ...): the methods use them."""
         return type(self.compressor) is TopK
+
+    @property
+    def threshold(self) -> Optional[Tensor]:
+        """The hint the Top-k ops read and update, or None (exact two-pass selection)."""
+        return self.hint if self.is_topk and self.compressor.threshold else None
 
     @property
     def k(self) -> int:
@@ -491,6 +508,8 @@ class Codec:
         return self.compressor.message_nbytes(self.numel, self.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
+        if self.threshold is not None:
+            return ops.topk_encode(x, self.k, self.threshold)
         return self.compressor.encode(x, self.ctx)
 
     def decode_add_(self, h: Tensor, gathered: Tensor, weights: Optional[list] = None, scale: float = 1.0) -> None:

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import ops
 from .bucket_state import BucketState, DeviceFlag, as_signature, covering_states, nonfinite, relayout
 from .compressors import Codec, Compressor, Context, TopK
 from .methods import Worker, make_method
@@ -126,6 +127,7 @@ class EFState:
                     "k": b.k,
                     "steps": b.steps,
                     "tensors": {n: t.clone() for n, t in b.tensors.items()},
+                    "hints": {n: t.clone() for n, t in b.hints.items()},
                 }
                 for b in self.buckets.values()
             ],
@@ -142,7 +144,8 @@ class EFState:
             signature = as_signature(saved["signature"])
             tensors = {n: t.clone() for n, t in saved["tensors"].items()}
             steps = int(saved.get("steps", 0))
-            self.buckets[signature] = BucketState(signature, int(saved["k"]), tensors, loaded=True, steps=steps)
+            hints = {n: t.clone() for n, t in saved.get("hints", {}).items()}
+            self.buckets[signature] = BucketState(signature, int(saved["k"]), tensors, loaded=True, steps=steps, hints=hints)
         self.stats.load_state_dict(state["stats"])
 
     def __getstate__(self) -> dict:
@@ -158,9 +161,16 @@ class EFState:
         params = tuple((self.param_names.get(id(p), ""), tuple(p.shape)) for p in bucket.parameters())
         return (str(dtype), bucket.buffer().numel(), params)
 
-    def codec(self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int) -> Codec:
-        """The compressor bound to a state layout at its current step."""
-        return Codec(self.compressor, numel, dtype, Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank))
+    def codec(self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int, device: torch.device) -> Codec:
+        """The compressor bound to a state layout at its current step (with the layout's
+        threshold Top-k hint when the compressor uses one)."""
+        hint = None
+        if getattr(self.compressor, "threshold", False) is True:
+            hint = bucket_state.hints.get("topk_threshold")
+            hint = ops.topk_threshold_hint(device) if hint is None else hint.to(device)
+            bucket_state.hints["topk_threshold"] = hint
+        ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank)
+        return Codec(self.compressor, numel, dtype, ctx, hint)
 
     def check_config_agreement(self, device: torch.device) -> None:
         """All-gathers a hash of :meth:`config` and raises if any rank differs."""
@@ -258,7 +268,7 @@ def _segmented_step(state, segments, signature, buffer, g, worker, dense_bytes, 
     messages, codecs = [], []
     for segment, g_segment in zip(segments, inputs):
         segment.tensors = {n: t.to(buffer.device) for n, t in segment.tensors.items()}
-        codecs.append(state.codec(segment, g_segment.numel(), g_segment.dtype, worker.rank))
+        codecs.append(state.codec(segment, g_segment.numel(), g_segment.dtype, worker.rank, buffer.device))
         segment.steps += 1
         messages.append(method.encode(g_segment, segment.tensors, codecs[-1], worker))
         state._touched.add(segment.signature)
@@ -298,7 +308,7 @@ def _lazy_step(state, segments, signature, buffer, g, worker, dense_bytes, last)
     codecs, mine = [], []
     for segment, g_segment in zip(segments, inputs):
         segment.tensors = {n: t.to(buffer.device) for n, t in segment.tensors.items()}
-        codecs.append(state.codec(segment, g_segment.numel(), g_segment.dtype, worker.rank))
+        codecs.append(state.codec(segment, g_segment.numel(), g_segment.dtype, worker.rank, buffer.device))
         segment.steps += 1
         mine.append(method.choose(g_segment, segment.tensors, codecs[-1]).to(torch.int32).reshape(1))
         state._touched.add(segment.signature)

@@ -132,7 +132,7 @@ class EF(DCSGD):
 
     def encode(self, g, state, codec, worker):
         if codec.is_topk:
-            return ops.ef_topk_encode_(g, state["e"], codec.k)
+            return ops.ef_topk_encode_(g, state["e"], codec.k, codec.threshold)
         e = state["e"]
         e.add_(g)  # p = g + e
         message = codec.encode(e)
@@ -144,7 +144,7 @@ def ef21_encode_(target: Tensor, h_local: Tensor, codec: Codec) -> Tensor:
     """c = C(target - h_local); h_local += c; returns the message of c (one fused op for
     Top-k and for the quantizers)."""
     if codec.is_topk:
-        return ops.ef21_topk_encode_(target, h_local, codec.k)
+        return ops.ef21_topk_encode_(target, h_local, codec.k, codec.threshold)
     fused = getattr(codec.compressor, "ef21_encode_", None)
     if fused is not None:
         return fused(target, h_local, codec.ctx)
@@ -196,7 +196,7 @@ class EF21SGDM(EF21):
 
     def encode(self, g, state, codec, worker):
         if codec.is_topk:
-            return ops.ef21_sgdm_topk_encode_(g, state["v"], state["h_local"], codec.k, self.eta)
+            return ops.ef21_sgdm_topk_encode_(g, state["v"], state["h_local"], codec.k, self.eta, codec.threshold)
         state["v"].mul_(1.0 - self.eta).add_(g, alpha=self.eta)
         return ef21_encode_(state["v"], state["h_local"], codec)
 
@@ -228,7 +228,7 @@ class EControl(EF21):
     def encode(self, g, state, codec, worker):
         eta = self.eta if self.eta is not None else codec.compressor.alpha(g.numel())
         if codec.is_topk:
-            return ops.econtrol_topk_encode_(g, state["e"], state["h_local"], codec.k, eta)
+            return ops.econtrol_topk_encode_(g, state["e"], state["h_local"], codec.k, eta, codec.threshold)
         e, h_local = state["e"], state["h_local"]
         r = g - h_local
         p = r + eta * e

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from . import ops
 from .compressors import QSGD, Codec, Compressor, Context, Induced, Natural, RandK, ScaledSign, TopK
 from .methods import EF21SGDM, EF21W, LAG, EControl, MoTEF, Worker, ef21_encode_, make_method
 from .problems import Problem, beznosikov_counterexample, ill_conditioned_quadratic, logistic_nonconvex, quadratic
@@ -85,8 +86,10 @@ def simulate(
     else:
         states = [impl.init_state(g, None, w) for g, w in zip(grads, workers)]
         out = None
+    # each worker's threshold Top-k hint, kept across steps as the hook keeps it per bucket
+    hints = [ops.topk_threshold_hint() if getattr(compressor, "threshold", False) is True else None for _ in workers]
     for step in range(steps):
-        codecs = [Codec(compressor, problem.d, dtype, Context(seed, step, 0, w.rank)) for w in workers]
+        codecs = [Codec(compressor, problem.d, dtype, Context(seed, step, 0, w.rank), hints[w.rank]) for w in workers]
         if out is None and impl.lazy:
             out, sent_bits = _lazy_exchange(impl, grads, states, workers, codecs)
             bits += sent_bits
