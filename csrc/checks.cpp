@@ -65,6 +65,16 @@ void check_two_state_encode_args(const at::Tensor& g, const at::Tensor& first,
   TORCH_CHECK(eta >= 0.0 && eta <= 1.0, op, ": eta (", eta, ") must be in [0, 1]");
 }
 
+void check_motef_track_args(const at::Tensor& g, const at::Tensor& M, const at::Tensor& V, const at::Tensor& G,
+                            const at::Tensor& G_mean, double lam, double gamma, const char* op) {
+  check_stateful_encode_args(g, M, "M", 1, op);
+  check_stateful_encode_args(g, V, "V", 1, op);
+  check_stateful_encode_args(g, G, "G", 1, op);
+  check_stateful_encode_args(g, G_mean, "G_mean", 1, op);
+  TORCH_CHECK(lam > 0.0 && lam <= 1.0, op, ": lam (", lam, ") must be in (0, 1]");
+  TORCH_CHECK(gamma > 0.0 && gamma <= 1.0, op, ": gamma (", gamma, ") must be in (0, 1]");
+}
+
 void check_clip21_args(const at::Tensor& g, const at::Tensor& h_local, double tau, const char* op) {
   check_stateful_encode_args(g, h_local, "h_local", 1, op);
   TORCH_CHECK(tau > 0.0 && std::isfinite(tau), op, ": tau (", tau, ") must be positive and finite");

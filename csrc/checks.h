@@ -29,6 +29,11 @@ void check_two_state_encode_args(const at::Tensor& g, const at::Tensor& first,
                                  double eta, const char* op);
 
 // Clip21's encoder: g, h_local, and a positive finite threshold tau.
+// MoTEF's tracking step: g, M, V, G, G_mean of one shape, dtype and device, the four states
+// contiguous; lam and gamma in (0, 1].
+void check_motef_track_args(const at::Tensor& g, const at::Tensor& M, const at::Tensor& V, const at::Tensor& G,
+                            const at::Tensor& G_mean, double lam, double gamma, const char* op);
+
 void check_clip21_args(const at::Tensor& g, const at::Tensor& h_local, double tau, const char* op);
 
 // Returns the layout that `gathered` rows must follow; weights (if any): one finite value

@@ -329,6 +329,27 @@ at::Tensor lag_encode_cpu(const at::Tensor& g, at::Tensor& h_local) {
   return message;
 }
 
+void motef_track_cpu(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,
+                     const at::Tensor& G_mean, double lam, double gamma) {
+  check_motef_track_args(g, M, V, G, G_mean, lam, gamma, "motef_track_");
+  const at::Tensor gc = g.contiguous();
+  const float lam_f = static_cast<float>(lam);
+  const float gamma_f = static_cast<float>(gamma);
+  EFCOMM_DISPATCH_FLOAT_TYPES(g.scalar_type(), "motef_track_cpu", [&] {
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    scalar_t* mp = M.mutable_data_ptr<scalar_t>();
+    scalar_t* vp = V.mutable_data_ptr<scalar_t>();
+    const scalar_t* tp = G.const_data_ptr<scalar_t>();
+    const scalar_t* sp = G_mean.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < g.numel(); ++i) {
+      const float step = lam_f * (static_cast<float>(gp[i]) - static_cast<float>(mp[i]));
+      const float gossip = gamma_f * (static_cast<float>(sp[i]) - static_cast<float>(tp[i]));
+      mp[i] = static_cast<scalar_t>(static_cast<float>(mp[i]) + step);
+      vp[i] = static_cast<scalar_t>((static_cast<float>(vp[i]) + step) + gossip);
+    }
+  });
+}
+
 at::Tensor lazy_trigger_cpu(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,
                             double zeta) {
   check_lazy_trigger_args(g, h_local, y, zeta, "lazy_trigger");
@@ -399,6 +420,7 @@ TORCH_LIBRARY_IMPL(efcomm, CPU, m) {
   m.impl("clip21_encode_", &clip21_encode_cpu);
   m.impl("dense_decode_add_", &dense_decode_add_cpu);
   m.impl("lag_encode_", &lag_encode_cpu);
+  m.impl("motef_track_", &motef_track_cpu);
   m.impl("lazy_trigger", &lazy_trigger_cpu);
   m.impl("adacgd_choose", &adacgd_choose_cpu);
 }

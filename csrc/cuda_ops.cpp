@@ -253,6 +253,19 @@ void dense_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered,
   h.view({-1}).copy_(at::add(h.view({-1}).to(at::kFloat), acc));
 }
 
+void motef_track_cuda(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,
+                      const at::Tensor& G_mean, double lam, double gamma) {
+  check_motef_track_args(g, M, V, G, G_mean, lam, gamma, "motef_track_");
+  const c10::cuda::CUDAGuard guard(g.device());
+  const at::Tensor gc = g.contiguous();
+  EFCOMM_DISPATCH_FLOAT_TYPES(g.scalar_type(), "motef_track_cuda", [&] {
+    kernels::motef_track(kernel_ptr(gc.const_data_ptr<scalar_t>()), kernel_ptr(M.mutable_data_ptr<scalar_t>()),
+                         kernel_ptr(V.mutable_data_ptr<scalar_t>()), kernel_ptr(G.const_data_ptr<scalar_t>()),
+                         kernel_ptr(G_mean.const_data_ptr<scalar_t>()), g.numel(), static_cast<float>(lam),
+                         static_cast<float>(gamma), at::cuda::getCurrentCUDAStream());
+  });
+}
+
 at::Tensor lag_encode_cuda(const at::Tensor& g, at::Tensor& h_local) {
   check_stateful_encode_args(g, h_local, "h_local", 1, "lag_encode_");
   const c10::cuda::CUDAGuard guard(g.device());
@@ -310,6 +323,7 @@ TORCH_LIBRARY_IMPL(efcomm, CUDA, m) {
   m.impl("clip21_encode_", &clip21_encode_cuda);
   m.impl("dense_decode_add_", &dense_decode_add_cuda);
   m.impl("lag_encode_", &lag_encode_cuda);
+  m.impl("motef_track_", &motef_track_cuda);
   m.impl("lazy_trigger", &lazy_trigger_cuda);
   m.impl("adacgd_choose", &adacgd_choose_cuda);
 }

@@ -68,6 +68,12 @@ void dense_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered,
 // g's dtype); h_local += d; returns the dense message of d.
 at::Tensor lag_encode_cpu(const at::Tensor& g, at::Tensor& h_local);
 
+// MoTEF's momentum and tracking step (Islamov, Gao, Stich 2024; efcomm.methods.MoTEF), per
+// entry in float32, each operation rounded on its own:
+//   s = lam * (g - M);  M = T(M + s);  V = T((V + s) + gamma * (G_mean - G)).
+void motef_track_cpu(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,
+                     const at::Tensor& G_mean, double lam, double gamma);
+
 // The 3PC lazy trigger: ||g - h_local||^2 > zeta ||g - y||^2, each difference rounded to
 // float32 and the squares summed in double in index order. A 0-dim bool tensor.
 at::Tensor lazy_trigger_cpu(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,
@@ -142,6 +148,8 @@ at::Tensor clip21_encode_cuda(const at::Tensor& g, at::Tensor& h_local, double t
 void dense_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered,
                            std::optional<int64_t> world_size);
 at::Tensor lag_encode_cuda(const at::Tensor& g, at::Tensor& h_local);
+void motef_track_cuda(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,
+                      const at::Tensor& G_mean, double lam, double gamma);
 at::Tensor lazy_trigger_cuda(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,
                              double zeta);
 at::Tensor adacgd_choose_cuda(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,

@@ -16,6 +16,7 @@ TORCH_LIBRARY(efcomm, m) {
   m.def("clip21_encode_(Tensor g, Tensor(a!) h_local, float tau) -> Tensor");
   m.def("dense_decode_add_(Tensor(a!) h, Tensor gathered, int? world_size=None) -> ()");
   m.def("lag_encode_(Tensor g, Tensor(a!) h_local) -> Tensor");
+  m.def("motef_track_(Tensor g, Tensor(a!) M, Tensor(b!) V, Tensor G, Tensor G_mean, float lam, float gamma) -> ()");
   m.def("lazy_trigger(Tensor g, Tensor h_local, Tensor y, float zeta) -> Tensor");
   m.def("adacgd_choose(Tensor g, Tensor h_local, Tensor y, int[] ks, float zeta) -> Tensor");
   m.def("quantize(Tensor x, str scheme, int levels, int block, bool stochastic, int seed, int step, int bucket, int rank) -> Tensor");

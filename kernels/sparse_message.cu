@@ -36,6 +36,20 @@ __global__ void momentum_update_kernel(T* __restrict__ v, const T* __restrict__ 
   }
 }
 
+template <typename T>
+__global__ void motef_track_kernel(const T* __restrict__ g, T* __restrict__ M, T* __restrict__ V,
+                                   const T* __restrict__ G, const T* __restrict__ G_mean, int64_t n, float lam,
+                                   float gamma) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float m = to_float(M[i]);
+    const float step = __fmul_rn(lam, __fsub_rn(to_float(g[i]), m));
+    const float gossip = __fmul_rn(gamma, __fsub_rn(to_float(G_mean[i]), to_float(G[i])));
+    M[i] = from_float<T>(__fadd_rn(m, step));
+    V[i] = from_float<T>(__fadd_rn(__fadd_rn(to_float(V[i]), step), gossip));
+  }
+}
+
 constexpr int kDecodeTile = 4096;
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -116,6 +130,14 @@ void momentum_update(T* v, const T* g, int64_t n, float one_minus_eta, float eta
   check_launch("momentum_update");
 }
 
+template <typename T>
+void motef_track(const T* g, T* M, T* V, const T* G, const T* G_mean, int64_t n, float lam, float gamma,
+                 cudaStream_t stream) {
+  if (n == 0) return;
+  motef_track_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(g, M, V, G, G_mean, n, lam, gamma);
+  check_launch("motef_track");
+}
+
 int64_t decode_tiles(int64_t n) { return (n + kDecodeTile - 1) / kDecodeTile; }
 
 int64_t decode_workspace_ints(int64_t world, int64_t n) { return world * (decode_tiles(n) + 1); }
@@ -141,6 +163,7 @@ void sparse_decode_add(T* h, int64_t n, const uint8_t* gathered, int64_t world, 
   template void pack_selected<T>(const T*, const int32_t*, int64_t, T*, T*, T*, int32_t*,   \
                                  cudaStream_t);                                              \
   template void momentum_update<T>(T*, const T*, int64_t, float, float, cudaStream_t);      \
+  template void motef_track<T>(const T*, T*, T*, const T*, const T*, int64_t, float, float, cudaStream_t); \
   template void sparse_decode_add<T>(T*, int64_t, const uint8_t*, int64_t, int64_t, int64_t,  \
                                      int64_t, const float*, float, int32_t*, cudaStream_t);
 

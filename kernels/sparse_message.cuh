@@ -36,6 +36,12 @@ void momentum_update(T* v,                           // [n], updated in place
                      float eta,
                      cudaStream_t stream);
 
+// MoTEF's tracking step, per entry in float32 with every operation rounded on its own (the
+// CPU reference's order): s = lam (g - M); M = T(M + s); V = T((V + s) + gamma (G_mean - G)).
+template <typename T>
+void motef_track(const T* g, T* M, T* V, const T* G, const T* G_mean, int64_t n, float lam, float gamma,
+                 cudaStream_t stream);
+
 // The deterministic decode of world sparse messages, gathered as rows of row_bytes bytes:
 // values (T[k]) at byte 0 and indices (int32[k], ascending in every message, as every efcomm
 // encoder writes them) at byte indices_offset. For every index i that some message names,

@@ -242,6 +242,7 @@ def _opcheck_samples(device):
         yield "lag_encode_", (g, h_local.clone())
         yield "lazy_trigger", (g, h_local, h_local.flip(0), 0.5)
         yield "adacgd_choose", (g, h_local, h_local.flip(0), [2, 9, 40], 0.5)
+        yield "motef_track_", (g, h_local.clone(), h_local.clone(), h_local.flip(0), h_local * 0.5, 0.9, 0.1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -253,7 +254,7 @@ def test_opcheck_every_op(device):
     assert checked == {
         "topk", "topk_encode", "ef_topk_encode_", "ef21_topk_encode_", "ef21_sgdm_topk_encode_",
         "econtrol_topk_encode_", "topk_decode_add_", "clip21_encode_", "dense_decode_add_",
-        "lag_encode_", "lazy_trigger", "adacgd_choose",
+        "lag_encode_", "lazy_trigger", "adacgd_choose", "motef_track_",
     }
 
 
@@ -617,3 +618,47 @@ def test_cuda_threshold_path_matches_cpu_exactly(numel, k, dtype):
             want = _flat(call(x, states, hint))
             assert all(torch.equal(a.cpu(), b) for a, b in zip(got, want)), (name, step)
             assert torch.equal(hint_gpu.cpu(), hint), (name, step, hint, hint_gpu)
+
+
+def _motef_track_reference(g, M, V, G, G_mean, lam, gamma):
+    """The rule of csrc/ops.h with float32 tensors: every op rounded on its own."""
+    f = lambda t: t.float()  # noqa: E731
+    lam32, gamma32 = torch.tensor(lam, dtype=torch.float32), torch.tensor(gamma, dtype=torch.float32)
+    step = lam32 * (f(g) - f(M))
+    gossip = gamma32 * (f(G_mean) - f(G))
+    return (f(M) + step).to(M.dtype), ((f(V) + step) + gossip).to(V.dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_motef_track_matches_reference(device, dtype):
+    gen = torch.Generator().manual_seed(7)
+    g, M, V, G, G_mean = (torch.randn(2**12 + 5, generator=gen).to(dtype).to(device) for _ in range(5))
+    want_M, want_V = _motef_track_reference(g.cpu(), M.cpu(), V.cpu(), G.cpu(), G_mean.cpu(), 0.3, 0.2)
+    ops.motef_track_(g, M, V, G, G_mean, 0.3, 0.2)
+    assert torch.equal(M.cpu(), want_M) and torch.equal(V.cpu(), want_V)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_motef_track_matches_cpu_exactly(dtype):
+    gen = torch.Generator().manual_seed(8)
+    tensors = [torch.randn(2**20 + 3, generator=gen).to(dtype) for _ in range(5)]
+    gpu = [t.cuda() for t in tensors]
+    ops.motef_track_(*tensors, 0.9, 0.1)
+    ops.motef_track_(gpu[0][::1], *gpu[1:], 0.9, 0.1)
+    assert torch.equal(tensors[1], gpu[1].cpu()) and torch.equal(tensors[2], gpu[2].cpu())
+
+
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, torch.zeros(3), 0.9, 0.1), r"motef_track_: G_mean has shape \[3\] but g has shape \[8\]"),
+        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.0, 0.1), r"motef_track_: lam \(0\) must be in \(0, 1\]"),
+        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.5, 1.5), r"motef_track_: gamma \(1.5\) must be in \(0, 1\]"),
+        (lambda t: ops.motef_track_(t, t.clone().double(), t.clone(), t, t, 0.5, 0.5), r"motef_track_: M has dtype Double"),
+    ],
+)
+def test_motef_track_bad_arguments(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call(torch.randn(8))

@@ -535,10 +535,9 @@ class MoTEF(Method):
         return x + self.gamma * (state["H_mean"] - state["H"]) - eta * state["V"]
 
     def track_momentum(self, g: Tensor, state: dict) -> None:
-        """M_i and the tracking direction V_i before its compression."""
-        step = g - state["M"]  # M_i - M_i(previous) = lam (g_i - M_i(previous))
-        state["M"].add_(step, alpha=self.lam)
-        state["V"].add_(step, alpha=self.lam).add_(state["G_mean"], alpha=self.gamma).sub_(state["G"], alpha=self.gamma)
+        """M_i and the tracking direction V_i before its compression, in one fused op:
+        M_i - M_i(previous) = lam (g_i - M_i(previous))."""
+        ops.motef_track_(g, state["M"], state["V"], state["G"], state["G_mean"], self.lam, self.gamma)
 
     def encode(self, g, state, codec, worker):
         self.track_momentum(g, state)

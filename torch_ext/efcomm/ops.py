@@ -19,6 +19,7 @@ __all__ = [
     "ef21_sgdm_topk_encode_",
     "econtrol_topk_encode_",
     "topk_decode_add_",
+    "motef_track_",
     "topk_message_nbytes",
     "clip21_encode_",
     "dense_decode_add_",
@@ -128,6 +129,18 @@ def lazy_trigger(g: Tensor, h_local: Tensor, y: Tensor, zeta: float) -> Tensor:
 def topk_message_nbytes(k: int, dtype: torch.dtype) -> int:
     """Byte length of a Top-k message of ``k`` values of ``dtype``."""
     return torch.ops.efcomm.topk_message_nbytes.default(k, dtype)
+
+
+def motef_track_(g: Tensor, M: Tensor, V: Tensor, G: Tensor, G_mean: Tensor, lam: float, gamma: float) -> None:
+    """MoTEF's momentum and tracking step, in place on ``M`` and ``V`` (efcomm.methods.MoTEF):
+    ``s = lam (g - M)``, ``M += s``, ``V += s + gamma (G_mean - G)``, per entry in float32
+    with each operation rounded on its own (the order in csrc/ops.h)."""
+    torch.ops.efcomm.motef_track_.default(g, M, V, G, G_mean, lam, gamma)
+
+
+@torch.library.register_fake("efcomm::motef_track_")
+def _motef_track_fake(g: Tensor, M: Tensor, V: Tensor, G: Tensor, G_mean: Tensor, lam: float, gamma: float) -> None:
+    return None
 
 
 @torch.library.register_fake("efcomm::topk")
