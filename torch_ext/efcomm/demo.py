@@ -225,7 +225,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     base = TrainConfig(steps=args.steps, ratio=args.ratio, lr=args.lr, backend=backend, progress=True)
     print(f"efcomm demo: {world_size} ranks over {backend}, {args.steps} steps, {args.method} + {compressor!r}")
     dense = run(replace(base, method="dense"), world_size)[0]
-    ef21 = run(replace(base, method=args.method, compressor=compressor), world_size)[0]
+    compressed = replace(base, method=args.method, compressor=compressor)
+    if args.method in ("ef21-sgdm", "motef"):
+        # The method keeps its own momentum: plain SGD with the same effective step.
+        compressed = replace(compressed, momentum=0.0, lr=base.lr / (1.0 - base.momentum))
+        print(f"{args.method} keeps its own momentum: its run uses SGD without momentum, lr {compressed.lr:g}")
+    ef21 = run(compressed, world_size)[0]
 
     dense_bytes = ef21["dense_bytes"]
     rows = [

@@ -305,7 +305,7 @@ def figures(out: Path, steps: int = 2000) -> list:
     for label, c, lr in runs:
         h = simulate(problem, "none", c, steps=min(steps, 1500), lr=lr)
         curves.append((label, [b / 8e3 for b in h.bits_per_worker], h.grad_norm_sq))
-    title = "ill-conditioned quadratics (6 decades), 10 workers, one minimiser"
+    title = "ill-conditioned quadratics, one minimiser"
     written.append(_plot(out / "induced_bits.png", title, "kB sent per worker", grad, curves))
 
     problem = logistic_nonconvex()
