@@ -206,7 +206,8 @@ def build_cub_baseline(include: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=float, nargs="+", default=None, help="numel values (default: 1e6 1e7, plus 1e8 on GPU)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=None,
+                        help="numel values (default: 1e6 1e7, plus 1e8 and 1e9 on GPU, memory permitting)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
     parser.add_argument("--world", type=int, default=8, help="messages summed by the decode benchmark")
@@ -217,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    sizes = [int(s) for s in (args.sizes or ([1e6, 1e7, 1e8] if device.type == "cuda" else [1e6, 1e7]))]
+    sizes = [int(s) for s in (args.sizes or ([1e6, 1e7, 1e8, 1e9] if device.type == "cuda" else [1e6, 1e7]))]
     copy_bw = copy_bandwidth(device, 256 * 2**20, args.min_run_time)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write of 256 MiB)")
@@ -260,6 +261,13 @@ def main() -> None:
               f"{cub_text} {quality_text:>8} {fallback_text:>8}")
 
     for numel in sizes:
+        if device.type == "cuda":
+            # g, h, their copies and the baselines' temporaries: about 16 bucket-sized fp32
+            # tensors at the largest k/d (an estimate, on the safe side)
+            need, free = 16 * 4 * numel, torch.cuda.mem_get_info(device)[0]
+            if need > free:
+                print(f"numel {numel:,}: skipped (needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free)")
+                continue
         for ratio in args.ratios:
             k = max(1, int(numel * ratio))
             for dtype_name in args.dtypes:
