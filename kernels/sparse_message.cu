@@ -50,10 +50,10 @@ __global__ void motef_track_kernel(const T* __restrict__ g, T* __restrict__ M, T
   }
 }
 
-constexpr int kDecodeTile = 4096;
+constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }  // h entries per block: 16 KiB of fp32 sums
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // offsets[j * (tiles + 1) + t] = the first position p of rank j's indices with
 // idx[p] >= t * kDecodeTile (p = k when none): thread (j, p) writes the tiles that begin
