@@ -328,9 +328,9 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
   size_t temp_bytes = layout.cub_temp;
 
   const thrust::counting_iterator<int64_t> first(0);
-  if (given_candidates != nullptr) {  // the hinted path's candidates, in index order
-    check_cub(cudaMemcpyAsync(cand, given_candidates, candidates * sizeof(int64_t), cudaMemcpyDeviceToDevice, stream),
-              "cudaMemcpyAsync (candidates)");
+  const int64_t* cand_in = cand;
+  if (given_candidates != nullptr) {  // the hinted path's candidates, in index order, read in place
+    cand_in = given_candidates;
     check_cub(cudaMemcpyAsync(counts, &candidates, sizeof(int64_t), cudaMemcpyHostToDevice, stream),
               "cudaMemcpyAsync (candidate count)");
   } else {
@@ -339,7 +339,7 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
                                     InOrAboveBin<T>{src, info}, stream),
               "cub::DeviceSelect::If (candidates)");
   }
-  candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand, counts, keys);
+  candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand_in, counts, keys);
   check_launch("topk candidate keys");
   temp_bytes = layout.cub_temp;
   check_cub(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, candidates, 0,
@@ -349,14 +349,14 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
   check_launch("topk threshold");
   // The candidates equal to the threshold, in index order; the first scalars[1] are taken.
   temp_bytes = layout.cub_temp;
-  check_cub(cub::DeviceSelect::If(temp, temp_bytes, static_cast<const int64_t*>(cand), equal, counts + 1,
+  check_cub(cub::DeviceSelect::If(temp, temp_bytes, cand_in, equal, counts + 1,
                                   static_cast<::cuda::std::int64_t>(candidates), EqualsThreshold<T>{src, scalars},
                                   stream),
             "cub::DeviceSelect::If (ties)");
   last_tie_kernel<<<1, 1, 0, stream>>>(equal, scalars);
   check_launch("topk last tie");
   temp_bytes = layout.cub_temp;
-  check_cub(cub::DeviceSelect::If(temp, temp_bytes, static_cast<const int64_t*>(cand), wide, counts + 2,
+  check_cub(cub::DeviceSelect::If(temp, temp_bytes, cand_in, wide, counts + 2,
                                   static_cast<::cuda::std::int64_t>(candidates), Selected<T>{src, scalars}, stream),
             "cub::DeviceSelect::If (selection)");
   narrow_indices_kernel<<<grid_for(k), kThreads, 0, stream>>>(wide, k, out_indices);
