@@ -1,4 +1,9 @@
-"""Worker functions for the multi-process hook tests (spawned processes import this module)."""
+"""Worker functions for the multi-process DDP tests (spawned processes import this module).
+
+Starting processes is what makes these tests slow, so one launch runs many scenarios in a
+row (``scenarios_worker``), each with a fresh model, DDP wrapper and efcomm state on the
+same process group, and saves every scenario's results."""
+import gc
 import os
 import socket
 import sys
@@ -41,100 +46,112 @@ def spawn(fn, world_size: int, *args) -> list:
         return [torch.load(Path(result_dir) / f"rank{r}.pt") for r in range(world_size)]
 
 
-class OutOfOrder(nn.Module):
-    """Parameters registered in a different order than the forward uses them, so DDP's
-    bucket rebuild after the first iteration changes the bucket layout."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.last = nn.Linear(64, 4)
-        self.first = nn.Linear(16, 64)
-        self.middle = nn.Linear(64, 64)
-
-    def forward(self, x):
-        return self.last(torch.relu(self.middle(torch.relu(self.first(x)))))
-
-
-def layout_change_worker(rank, world_size, init_method, result_dir):
+def _join_group(rank, world_size, init_method) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    model = OutOfOrder()
-    # Caps below one layer's size: one bucket per layer, in registration order at first,
-    # then in gradient-ready order after the rebuild.
-    ddp = DistributedDataParallel(model, bucket_cap_mb=0.001)
-    state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(rank)
-    signatures = []
-    for _ in range(5):
-        x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 4, (32,), generator=gen)
-        opt.zero_grad()
-        nn.functional.cross_entropy(ddp(x), y).backward()
-        opt.step()
-        signatures.append(list(state.buckets))
-    torch.save(
-        {
-            "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
-            "initialisations": state.stats.initialisations,
-            "relayouts": state.stats.relayouts,
-            "signatures": signatures,
-        },
-        Path(result_dir) / f"rank{rank}.pt",
-    )
-    shutdown()
 
 
-def mismatch_worker(rank, world_size, init_method, result_dir):
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    try:
-        torch.manual_seed(0)
-        ddp = DistributedDataParallel(nn.Linear(64, 64))
-        efcomm.register(ddp, "ef21", efcomm.TopK(0.1 if rank == 0 else 0.2), min_compress_numel=16)
-        try:
-            ddp(torch.randn(8, 64)).sum().backward()
-            error = None
-        except RuntimeError as e:
-            error = str(e)
-        torch.save({"error": error}, Path(result_dir) / f"rank{rank}.pt")
-    finally:
-        shutdown()
+def _flat_params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
 
 
-def small_ddp(rank, world_size, init_method, method="ef21", compressor=None, **options):
-    """A gloo group and a small MLP under DDP with the efcomm hook: (model, ddp, state, opt, gen)."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+def _mlp(dtype=torch.float32) -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
-    if options.get("state_dtype") is not None:
-        model = model.to(torch.bfloat16)  # a narrow model whose state is kept wider
-    ddp = DistributedDataParallel(model)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).to(dtype)
+
+
+def _train(ddp, opt, gen, steps, *, dtype=torch.float32, skip_nonfinite=False, corrupt=None, rank=0):
+    """``steps`` steps of cross-entropy on random batches; returns the losses and skipped steps."""
+    losses, skipped = [], []
+    for step in range(steps):
+        x, y = torch.randn(8, 16, generator=gen).to(dtype), torch.randint(0, 4, (8,), generator=gen)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(ddp(x).float(), y)
+        if corrupt is not None and corrupt == (step, rank):
+            loss = loss * float("inf")
+        loss.backward()
+        if skip_nonfinite and not all(torch.isfinite(p.grad).all() for p in ddp.module.parameters()):
+            skipped.append(step)
+        else:
+            opt.step()
+        losses.append(float(loss))
+    return losses, skipped
+
+
+def _small_ddp(rank, method="ef21", compressor=None, *, dtype=torch.float32, ddp_options=None, **options):
+    model = _mlp(dtype)
+    ddp = DistributedDataParallel(model, **(ddp_options or {}))
     compressor = efcomm.TopK(0.1) if compressor is None else compressor
     state = efcomm.register(ddp, method, compressor, min_compress_numel=32, **options)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
     return model, ddp, state, opt, torch.Generator().manual_seed(rank)
 
 
-def join_worker(rank, world_size, init_method, result_dir):
-    """Rank r has 10 + 3r batches: ranks that run out keep joining with zero gradients."""
-    model, ddp, state, opt, gen = small_ddp(rank, world_size, init_method)
-    with Join([ddp]):
-        for _ in range(10 + 3 * rank):
-            x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-            opt.zero_grad()
-            nn.functional.cross_entropy(ddp(x), y).backward()
-            opt.step()
-    torch.save(
-        {"h": [b.tensors["h"] for b in state.buckets.values()], "steps": state.stats.steps},
-        Path(result_dir) / f"rank{rank}.pt",
-    )
-    shutdown()
+class OutOfOrder(nn.Module):
+    """Parameters registered in a different order than the forward uses them, so DDP's
+    bucket rebuild after the first iteration changes the bucket layout. ``unused`` takes no
+    part in the forward (for find_unused_parameters)."""
+
+    def __init__(self, unused: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.last = nn.Linear(64, 4)
+        self.first = nn.Linear(16, 64)
+        self.middle = nn.Linear(64, 64)
+        self.unused = nn.Linear(8, 8) if unused else None
+
+    def forward(self, x):
+        return self.last(torch.relu(self.middle(torch.relu(self.first(x)))))
 
 
-def no_sync_worker(rank, world_size, init_method, result_dir):
+def scenario_gradient_as_bucket_view(rank):
+    """The same training with and without gradient_as_bucket_view."""
+    params = []
+    for view in (False, True):
+        model, ddp, state, opt, gen = _small_ddp(rank, ddp_options={"gradient_as_bucket_view": view})
+        _train(ddp, opt, gen, 20)
+        params.append(_flat_params(model))
+    return {"plain": params[0], "view": params[1]}
+
+
+def scenario_layout_change(rank):
+    """Buckets of one layer each (caps below one layer's size), in registration order at
+    first, then in gradient-ready order after DDP's rebuild."""
+    model = OutOfOrder()
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.001)
+    state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(rank)
+    signatures = []
+    for _ in range(5):
+        _train(ddp, opt, gen, 1)
+        signatures.append(list(state.buckets))
+    return {
+        "params": _flat_params(model),
+        "initialisations": state.stats.initialisations,
+        "relayouts": state.stats.relayouts,
+        "signatures": signatures,
+    }
+
+
+def scenario_unused_parameters_and_static_graph(rank):
+    """find_unused_parameters (buckets never rebuilt; the unused parameter's gradient stays
+    zero) and static_graph (buckets rebuilt after the second iteration)."""
+    out = {}
+    for name, options in (("unused", {"find_unused_parameters": True}), ("static", {"static_graph": True})):
+        model = OutOfOrder(unused=name == "unused")
+        ddp = DistributedDataParallel(model, bucket_cap_mb=0.001, **options)
+        state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        losses, _ = _train(ddp, opt, torch.Generator().manual_seed(rank), 10)
+        out[name] = {"params": _flat_params(model), "losses": losses, "steps": state.stats.steps,
+                     "initialisations": state.stats.initialisations, "relayouts": state.stats.relayouts}
+    return out
+
+
+def scenario_no_sync(rank):
     """Gradient accumulation: two micro-batches under no_sync, then a synchronising one."""
-    model, ddp, state, opt, gen = small_ddp(rank, world_size, init_method)
+    model, ddp, state, opt, gen = _small_ddp(rank)
     for _ in range(6):
         opt.zero_grad()
         for micro in range(3):
@@ -145,70 +162,61 @@ def no_sync_worker(rank, world_size, init_method, result_dir):
             else:
                 nn.functional.cross_entropy(ddp(x), y).backward()
         opt.step()
-    torch.save(
-        {"params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]), "steps": state.stats.steps},
-        Path(result_dir) / f"rank{rank}.pt",
-    )
-    shutdown()
+    return {"params": _flat_params(model), "steps": state.stats.steps}
 
 
-def nonfinite_worker(rank, world_size, init_method, result_dir, method, compressor=None):
-    """Rank 1 produces inf/NaN gradients at step 5; every rank skips that optimizer step, as
-    GradScaler does, and training must go on with finite state."""
-    model, ddp, state, opt, gen = small_ddp(rank, world_size, init_method, method, compressor)
-    skipped = []
-    for step in range(20):
-        x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(x), y)
-        if step == 5 and rank == 1:
-            loss = loss * float("inf")
-        loss.backward()
-        if all(torch.isfinite(p.grad).all() for p in model.parameters()):
-            opt.step()
-        else:
-            skipped.append(step)
-    torch.save(
-        {
-            "params": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+def scenario_bfloat16_model_float32_state(rank):
+    model, ddp, state, opt, gen = _small_ddp(rank, dtype=torch.bfloat16, state_dtype=torch.float32)
+    losses, _ = _train(ddp, opt, gen, 20, dtype=torch.bfloat16)
+    return {
+        "params": _flat_params(model),
+        "grad_dtype": model[0].weight.grad.dtype,
+        "state_dtypes": {t.dtype for b in state.buckets.values() for t in b.tensors.values()},
+        "losses": losses,
+    }
+
+
+def scenario_nonfinite(rank):
+    """Rank 1's loss is inf at step 5; every rank skips that optimizer step, as GradScaler
+    does, and training goes on with finite state (Top-k values and quantizer headers)."""
+    out = {}
+    for name, compressor in (("topk", None), ("int8", efcomm.Int8(block=64))):
+        model, ddp, state, opt, gen = _small_ddp(rank, "ef21", compressor)
+        _, skipped = _train(ddp, opt, gen, 12, skip_nonfinite=True, corrupt=(5, 1), rank=rank)
+        out[name] = {
+            "params": _flat_params(model),
             "skipped": skipped,
             "resets": state.stats.nonfinite_resets,
             "buckets": len(state.buckets),
             "state_finite": all(torch.isfinite(t).all() for b in state.buckets.values() for t in b.tensors.values()),
-        },
-        Path(result_dir) / f"rank{rank}.pt",
-    )
-    shutdown()
+        }
+    return out
 
 
-def state_dtype_worker(rank, world_size, init_method, result_dir):
-    """A bfloat16 model with its EF21 state in float32."""
-    model, ddp, state, opt, gen = small_ddp(rank, world_size, init_method, state_dtype=torch.float32)
-    losses = []
-    for _ in range(30):
-        x, y = torch.randn(8, 16, generator=gen).to(torch.bfloat16), torch.randint(0, 4, (8,), generator=gen)
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(x).float(), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    torch.save(
-        {
-            "params": torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]),
-            "grad_dtype": model[0].weight.grad.dtype,
-            "state_dtypes": {t.dtype for b in state.buckets.values() for t in b.tensors.values()},
-            "losses": losses,
-        },
-        Path(result_dir) / f"rank{rank}.pt",
-    )
-    shutdown()
+def scenario_every_exchange(rank):
+    """Each kind of exchange through real collectives: the all-gather (Top-k, a quantizer,
+    Rand-k, Clip21's dense messages), the dense start's all-reduce, and the lazy methods'
+    choice gather and broadcasts."""
+    configs = {
+        "ef21-topk": ("ef21", None),
+        "ef21-int8": ("ef21", efcomm.Int8()),
+        "ef21-randk": ("ef21", efcomm.RandK(0.1)),
+        "clip21": (efcomm.methods.Clip21(tau=1.0), None),
+        "lag": (efcomm.methods.LAG(zeta=1.0), None),
+        "adacgd": (efcomm.methods.AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), None),
+    }
+    out = {}
+    for name, (method, compressor) in configs.items():
+        model, ddp, state, opt, gen = _small_ddp(rank, method, compressor)
+        losses, _ = _train(ddp, opt, gen, 15)
+        out[name] = {"params": _flat_params(model), "losses": losses, "sent": state.stats.bytes_sent,
+                     "dense": state.stats.dense_bytes}
+    return out
 
 
-def smoothness_worker(rank, world_size, init_method, result_dir):
+def scenario_smoothness(rank):
     """Least squares on rank-scaled data: rank r's loss has Hessian 2 X_r^T X_r / m, known
     exactly; the estimates are compared with it, then EF21-W trains with the weights."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
     gen = torch.Generator().manual_seed(rank)
     x = torch.randn(64, 1100, generator=gen) * (1 + 2 * rank)
     y = torch.randn(64, 1, generator=gen)
@@ -228,7 +236,95 @@ def smoothness_worker(rank, world_size, init_method, result_dir):
         loss.backward()
         opt.step()
         losses.append(float(loss))
-    torch.save({"estimates": estimates, "exact": exact, "weights": method.weights, "losses": losses,
-                "params": torch.cat([p.detach().flatten() for p in model.parameters()])},
-               Path(result_dir) / f"rank{rank}.pt")
+    return {"estimates": estimates, "exact": exact, "weights": method.weights, "losses": losses,
+            "params": _flat_params(model)}
+
+
+SCENARIOS = {
+    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")
+}
+
+
+def scenarios_worker(rank, world_size, init_method, result_dir, names):
+    """Runs the named scenarios in a row on one process group; saves {name: result}."""
+    _join_group(rank, world_size, init_method)
+    results = {}
+    for name in names:
+        results[name] = SCENARIOS[name](rank)
+        gc.collect()  # the scenario's DDP objects go before the next one starts
+        dist.barrier()
+    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()
+
+
+def mismatch_worker(rank, world_size, init_method, result_dir):
+    _join_group(rank, world_size, init_method)
+    torch.manual_seed(0)
+    ddp = DistributedDataParallel(nn.Linear(64, 64))
+    efcomm.register(ddp, "ef21", efcomm.TopK(0.1 if rank == 0 else 0.2), min_compress_numel=16)
+    try:
+        ddp(torch.randn(8, 64)).sum().backward()
+        error = None
+    except RuntimeError as e:
+        error = str(e)
+    torch.save({"error": error}, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()
+
+
+def join_worker(rank, world_size, init_method, result_dir):
+    """Rank r has 10 + 3r batches: ranks that run out keep joining with zero gradients."""
+    _join_group(rank, world_size, init_method)
+    model, ddp, state, opt, gen = _small_ddp(rank)
+    with Join([ddp]):
+        _train(ddp, opt, gen, 10 + 3 * rank)
+    torch.save(
+        {"h": [b.tensors["h"] for b in state.buckets.values()], "steps": state.stats.steps},
+        Path(result_dir) / f"rank{rank}.pt",
+    )
+    shutdown()
+
+
+def resume_worker(rank, world_size, init_method, result_dir, checkpoint, phase):
+    """Checkpoint/resume across processes, with two buckets. Phase "save": the uninterrupted
+    run (20 steps) and the first half (10 steps, saved to ``checkpoint``.rank<r>.pt); phase
+    "resume": a new process loads it and runs the second half."""
+    _join_group(rank, world_size, init_method)
+
+    def make():
+        model = OutOfOrder()
+        ddp = DistributedDataParallel(model, bucket_cap_mb=0.02)
+        state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
+        return model, ddp, state, torch.optim.SGD(ddp.parameters(), lr=0.05)
+
+    def batches(start, steps):
+        for step in range(start, start + steps):
+            gen = torch.Generator().manual_seed(1000 * rank + step)
+            yield torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+
+    def train(ddp, opt, start, steps):
+        for x, y in batches(start, steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+    out = {}
+    if phase == "save":
+        model, ddp, state, opt = make()
+        train(ddp, opt, 0, 20)
+        out["uninterrupted"] = {"params": _flat_params(model), "state": state.state_dict()}
+        del model, ddp, state, opt
+        gc.collect()
+        model, ddp, state, opt = make()
+        train(ddp, opt, 0, 10)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()},
+                   f"{checkpoint}.rank{rank}.pt")
+    else:
+        model, ddp, state, opt = make()
+        saved = torch.load(f"{checkpoint}.rank{rank}.pt")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state.load_state_dict(saved["ef_state"])
+        train(ddp, opt, 10, 10)
+        out["resumed"] = {"params": _flat_params(model), "state": state.state_dict()}
+    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
     shutdown()

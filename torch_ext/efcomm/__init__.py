@@ -15,7 +15,9 @@ from .compressors import (
     ScaledSign,
     TopK,
 )
-from .hook import BucketState, EFState, ef_hook, register
+from .bucket_state import BucketState
+from .hook import ef_hook, register
+from .state import EFState
 from .methods import METHODS, Method
 from .smoothness import estimate_smoothness
 from .stats import CommStats

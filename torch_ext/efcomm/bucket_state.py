@@ -28,11 +28,14 @@ class DeviceFlag:
             self._event.record()
         else:
             self._host, self._event = value, None
+        self._value: Optional[bool] = None  # read once, then kept
 
     def is_set(self) -> bool:
-        if self._event is not None:
-            self._event.synchronize()
-        return bool(self._host)
+        if self._value is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._value = bool(self._host)
+        return self._value
 
 
 def nonfinite(values: Tensor) -> DeviceFlag:
@@ -63,6 +66,12 @@ class BucketState:
     @property
     def params(self) -> tuple:
         return self.signature[2]
+
+    def move_to(self, device: torch.device) -> None:
+        """Moves the state to the bucket's device (once, after a load onto another device)."""
+        if any(t.device != device for t in (*self.tensors.values(), *self.hints.values())):
+            self.tensors = {n: t.to(device) for n, t in self.tensors.items()}
+            self.hints = {n: t.to(device) for n, t in self.hints.items()}
 
     def poisoned(self) -> bool:
         return self.nonfinite is not None and self.nonfinite.is_set()

@@ -102,7 +102,7 @@ def _k_for(ratio: float, k: Optional[int], numel: int) -> int:
 
 def _values_nonfinite(gathered: Tensor, count: int, dtype: torch.dtype) -> Tensor:
     """Whether the first ``count`` values (of ``dtype``) of any gathered message are non-finite."""
-    values = gathered[:, : count * torch.empty((), dtype=dtype).element_size()].view(dtype)
+    values = gathered[:, : count * dtype.itemsize].view(dtype)
     return ~torch.isfinite(values).all()
 
 

@@ -60,11 +60,23 @@ class Method:
     sends_dense: ClassVar[bool] = False  # messages hold every coordinate (no compressor)
     per_worker_iterates: ClassVar[bool] = False  # each worker keeps its own model (MoTEF)
     lazy: ClassVar[bool] = False  # a worker may send nothing (see LazyMethod)
+    # Elastic resume (a checkpoint of n ranks resumed by m != n): how each per-rank state
+    # tensor is re-formed, as {per-rank tensor: the shared tensor it is set to, or None for
+    # zeros}; tensors not named are shared by every rank and carried as saved. See
+    # efcomm.state.EFState.load_state_dict for why each rule keeps the method sound.
+    reform: ClassVar[dict] = {}
 
     def k_for(self, compressor, numel: int) -> int:
         """Entries per message for a bucket of ``numel`` elements (all of them for quantizers);
         recorded in the bucket state."""
         return compressor.k_for(numel) if hasattr(compressor, "k_for") else numel
+
+    def reformed(self, tensors: dict) -> dict:
+        """The per-rank tensors re-formed by ``reform`` (elastic resume), the shared ones kept."""
+        out = dict(tensors)
+        for local, shared in self.reform.items():
+            out[local] = tensors[shared].clone() if shared is not None else torch.zeros_like(tensors[local])
+        return out
 
     def check_world(self, world: int) -> None:
         """Raises if the method's parameters do not fit a group of ``world`` workers."""
@@ -126,6 +138,8 @@ class EF(DCSGD):
 
     name = "ef"
     needs_unbiased = False
+    # The errors of ranks that may no longer exist: restart from e = 0, as EF starts.
+    reform = {"e": None}
 
     def init_state(self, g, g_mean, worker):
         return {"e": torch.zeros_like(g)}
@@ -163,6 +177,10 @@ class EF21(Method):
 
     name = "ef21"
     dense_init = True
+    # h_i := h keeps h = mean_i h_i (and EF21-W's h = sum_i w_i h_i); EF21's analysis allows
+    # any h_i at the start (arXiv 2106.05203, Theorem 1: the bound carries G^0 = mean_i
+    # ||h_i^0 - grad f_i(x^0)||^2), so a resumed run is EF21 started afresh from that state.
+    reform = {"h_local": "h"}
 
     def init_state(self, g, g_mean, worker):
         return {"h_local": g.detach().clone(), "h": g_mean}
@@ -185,6 +203,7 @@ class EF21SGDM(EF21):
     """
 
     name = "ef21-sgdm"
+    reform = {"v": "h", "h_local": "h"}
 
     def __init__(self, eta: float = 0.1) -> None:
         if not (isinstance(eta, (int, float)) and 0.0 < eta <= 1.0):
@@ -216,6 +235,7 @@ class EControl(EF21):
     """
 
     name = "econtrol"
+    reform = {"e": None, "h_local": "h"}
 
     def __init__(self, eta: Optional[float] = None) -> None:
         if eta is not None and not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
@@ -308,6 +328,7 @@ class Clip21(Method):
     name = "clip21"
     dense_init = False
     sends_dense = True
+    reform = {"h_local": "h"}
 
     def __init__(self, tau: float = 1.0) -> None:
         if not (isinstance(tau, (int, float)) and 0.0 < tau < math.inf):
@@ -353,6 +374,7 @@ class LazyMethod(EF21):
 
     dense_init = True
     lazy = True
+    reform = {"y": "h", "h_local": "h"}
 
     def __init__(self, zeta: float = 1.0) -> None:
         if not (isinstance(zeta, (int, float)) and 0.0 <= zeta < math.inf):
@@ -512,6 +534,8 @@ class MoTEF(Method):
 
     name = "motef"
     dense_init = True
+    # M_i = V_i = G_i := G (the shared tracker) keeps G = mean_i G_i and mean V = mean M.
+    reform = {"M": "G_mean", "V": "G_mean", "G": "G_mean"}
 
     def __init__(self, gamma: float = 0.1, lam: float = 0.9, per_worker: bool = False) -> None:
         if not (isinstance(gamma, (int, float)) and 0.0 < gamma <= 1.0):

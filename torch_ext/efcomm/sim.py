@@ -16,6 +16,7 @@ import torch
 
 from . import ops
 from .compressors import QSGD, Codec, Compressor, Context, Induced, Natural, RandK, ScaledSign, TopK
+from .cluster import Cluster
 from .methods import EF21SGDM, EF21W, LAG, EControl, MoTEF, Worker, ef21_encode_, make_method
 from .problems import Problem, beznosikov_counterexample, ill_conditioned_quadratic, logistic_nonconvex, quadratic
 
@@ -41,67 +42,41 @@ def simulate(
     batch_size: Optional[int] = None,
     seed: int = 0,
 ) -> History:
-    """Runs ``steps`` steps of ``x <- x - lr * out`` where out is what the hook would return.
+    """Runs ``steps`` steps of ``x <- x - lr * out`` where out is what the hook returns.
 
-    Every worker encodes with the method's op; the messages are stacked as an all-gather
-    would return them; every worker decodes, exactly as each rank does in the hook. Biased
-    compressors are allowed with every method here, to show what happens. With
-    ``batch_size``, workers see minibatch gradients (drawn from ``seed``); the history
-    always records the full gradient. ``seed`` also keys the compressor's random streams
-    (worker i encodes with rank i; the step is the iteration).
+    The workers are the ranks of an in-process :class:`efcomm.cluster.Cluster`: each step
+    runs the DDP hook's own step (efcomm.engine) on every worker's gradient, as one bucket
+    holding x, and every worker gets the same ``out``. Biased compressors are allowed with
+    every method here, to show what happens, and every bucket is compressed however small.
+    With ``batch_size``, workers see minibatch gradients (drawn from ``seed``); the history
+    always records the full gradient. ``seed`` also keys the compressor's random streams.
     """
     if batch_size is not None and problem.stochastic_grads is None:
         raise ValueError(f"simulate: problem {problem.name!r} has no minibatch gradients (batch_size={batch_size})")
     generator = torch.Generator().manual_seed(seed)
-
     grads_at = worker_grads_at(problem, dtype, batch_size, generator)
-
-    def worker_grads(x_now):
-        return grads_at([x_now] * problem.n)
-
     impl = make_method(method)
     impl.check_compressor(compressor, allow_biased=True)
     impl.check_world(problem.n)
     if impl.per_worker_iterates:
         return _simulate_per_worker(problem, impl, compressor, steps, lr, dtype, grads_at, seed)
-    workers = [Worker(i, problem.n) for i in range(problem.n)]
+    cluster = Cluster.create(
+        problem.n, impl, compressor, min_compress_numel=1, allow_biased=True, always_compress=True, seed=seed
+    )
     x = problem.x0.clone().to(dtype)
     history = History()
-    bits = 0
 
     def record(x_now):
         full = sum(g.double() for g in problem.grads(x_now.float())) / problem.n
         history.loss.append(problem.loss(x_now.float()))
         history.grad_norm_sq.append(float(torch.dot(full, full)))
         history.x_norm.append(float(x_now.double().norm()))
-        history.bits_per_worker.append(bits)
+        history.bits_per_worker.append(8 * sum(cluster.bytes_sent()) / problem.n)
 
-    grads = worker_grads(x)
     record(x)
-    if impl.dense_init:  # the hook's first step: a dense all-reduce of the gradients
-        mean = sum(g / problem.n for g in grads)
-        states = [impl.init_state(g, mean.clone(), w) for g, w in zip(grads, workers)]
-        out = mean
-        bits += 8 * problem.d * mean.element_size()
-    else:
-        states = [impl.init_state(g, None, w) for g, w in zip(grads, workers)]
-        out = None
-    # each worker's threshold Top-k hint, kept across steps as the hook keeps it per bucket
-    hints = [ops.topk_threshold_hint() if getattr(compressor, "threshold", False) is True else None for _ in workers]
-    for step in range(steps):
-        codecs = [Codec(compressor, problem.d, dtype, Context(seed, step, 0, w.rank), hints[w.rank]) for w in workers]
-        if out is None and impl.lazy:
-            out, sent_bits = _lazy_exchange(impl, grads, states, workers, codecs)
-            bits += sent_bits
-        elif out is None:
-            messages = [impl.encode(g, s, c, w) for g, s, c, w in zip(grads, states, codecs, workers)]
-            gathered = torch.stack(messages)
-            outs = [impl.decode(s, gathered, c, g, w) for g, s, c, w in zip(grads, states, codecs, workers)]
-            out = outs[0]
-            bits += 8 * messages[0].numel()
+    for _ in range(steps):
+        out = cluster.step_bucket(grads_at([x] * problem.n))[0]
         x = x - lr * out
-        out = None
-        grads = worker_grads(x)
         record(x)
         if not math.isfinite(history.x_norm[-1]):
             break
@@ -164,25 +139,6 @@ def _simulate_per_worker(problem, impl, compressor, steps, lr, dtype, grads_at, 
         if not math.isfinite(history.x_norm[-1]):
             break
     return history
-
-
-def _lazy_exchange(impl, grads, states, workers, codecs):
-    """A lazy method's step as the hook runs it: choices, then only the senders' messages.
-    Returns (out, bits sent per worker on average, the 32-bit choices included)."""
-    choices = [int(impl.choose(g, s, c)) for g, s, c in zip(grads, states, codecs)]
-    messages = [
-        impl.encode_choice(g, s, choice, c, w)
-        for g, s, w, c, choice in zip(grads, states, workers, codecs, choices)
-        if choice
-    ]
-    for g, s in zip(grads, states):
-        impl.remember(g, s)
-    sent = [c for c in choices if c]
-    if messages:
-        outs = [impl.decode_senders(s, messages, sent, c, w) for s, w, c in zip(states, workers, codecs)]
-    else:
-        outs = [s["h"] for s in states]
-    return outs[0], 32 + 8 * sum(m.numel() for m in messages) / len(workers)
 
 
 def ef21_stepsize(alpha: float, L: float, L_tilde: float) -> float:

@@ -1,5 +1,9 @@
 """Communication accounting of the hook."""
+import warnings
 from dataclasses import dataclass, field
+
+# Steps in a row whose aggregate held inf/NaN before the hook warns that the run diverged.
+DIVERGED_AFTER = 3
 
 
 @dataclass
@@ -12,7 +16,11 @@ class CommStats:
     one entry per step (a step ends with the last bucket of a backward pass).
     ``initialisations`` counts the dense exchanges that started a bucket's state and
     ``relayouts`` the buckets whose state was carried over to a new DDP bucket layout;
-    ``nonfinite_resets`` the buckets restarted after a step whose aggregate held inf/NaN.
+    ``nonfinite_resets`` the buckets restarted after a step whose aggregate held inf/NaN,
+    ``nonfinite_steps`` the steps with at least one such restart, and ``diverged`` whether
+    such steps came ``DIVERGED_AFTER`` times in a row: an AMP overflow step now and then is
+    expected (GradScaler skips it), a run that restarts its state every step has diverged
+    (its parameters are likely non-finite), and the hook warns about it once.
     """
 
     bytes_sent: int = 0
@@ -21,9 +29,31 @@ class CommStats:
     initialisations: int = 0
     relayouts: int = 0
     nonfinite_resets: int = 0
+    nonfinite_steps: int = 0
+    diverged: bool = False
     history: list = field(default_factory=list)
     _step_sent: int = 0
     _step_dense: int = 0
+    _last_nonfinite_step: int = -2
+    _nonfinite_streak: int = 0
+
+    def record_nonfinite_reset(self) -> None:
+        """A bucket restarts because the last step's aggregate held inf/NaN."""
+        self.nonfinite_resets += 1
+        if self._last_nonfinite_step == self.steps:
+            return  # this step is already counted
+        self._nonfinite_streak = self._nonfinite_streak + 1 if self._last_nonfinite_step == self.steps - 1 else 1
+        self._last_nonfinite_step = self.steps
+        self.nonfinite_steps += 1
+        if self._nonfinite_streak >= DIVERGED_AFTER and not self.diverged:
+            self.diverged = True
+            warnings.warn(
+                f"efcomm: the aggregated gradients held inf/NaN at {self._nonfinite_streak} steps in a row "
+                f"(step {self.steps}): the run has likely diverged (check the parameters and the learning "
+                "rate); the hook restarts the affected buckets' state at every such step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def record(self, sent: int, dense: int, last_bucket: bool) -> None:
         self.bytes_sent += sent
@@ -51,7 +81,9 @@ class CommStats:
             "initialisations": self.initialisations,
             "relayouts": self.relayouts,
             "nonfinite_resets": self.nonfinite_resets,
-            "history": [dict(entry) for entry in self.history],
+            "nonfinite_steps": self.nonfinite_steps,
+            "diverged": self.diverged,
+            "history": tuple(dict(entry) for entry in self.history),  # a tuple: one leaf for DCP
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -61,6 +93,8 @@ class CommStats:
         self.initialisations = int(state["initialisations"])
         self.relayouts = int(state["relayouts"])
         self.nonfinite_resets = int(state["nonfinite_resets"])
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.diverged = bool(state.get("diverged", False))
         self.history = [dict(entry) for entry in state["history"]]
         self._step_sent = 0
         self._step_dense = 0

@@ -1,0 +1,280 @@
+"""The step engine: one bucket's step on one rank, for the DDP hook and the simulator alike.
+
+A step is a generator. It runs the method's ops (efcomm.methods) on this rank's state and
+yields the exchanges it needs, as the requests below; a transport (efcomm.transport) carries
+them out and sends back their results: the DDP transport with collectives on a process
+group, the in-process transport by stacking the messages of n workers held in one process.
+The generator returns the bucket's output (the direction the optimizer steps along), so the
+hook and the simulator run the very same step.
+
+Per bucket and step, on rank i (EF21; Richtarik, Sokolov, Fatkhullin 2021, arXiv 2106.05203):
+
+    message = method.encode(g_i, state_i, codec)     c_i = C(g_i - h_i); h_i += c_i
+    yield AllGather(message)                         the fixed-size messages of every rank
+    out = method.decode(state_i, gathered, codec)    h += (1/n) sum_j c_j (rank order); out = h
+
+Methods with a dense start (EF21) begin each bucket with an all-reduce of the gradients;
+lazy methods (LAG, CLAG, AdaCGD) exchange one choice per rank, then the senders' messages.
+How states follow bucket layouts (DDP's rebuild, a resumed run) is in efcomm.bucket_state.
+
+Every exchange a step yields depends only on the bucket's size and the configuration, or on
+values every rank has alike (the gathered choices), never on this rank's data: ranks that
+run out of data under DDP's Join still take part in every collective.
+"""
+import weakref
+from dataclasses import dataclass
+from typing import Generator, Optional
+
+import torch
+from torch import Tensor
+
+from .bucket_state import BucketState, DeviceFlag, covering_states, nonfinite, relayout
+from .methods import Worker
+
+# ---- the exchanges a step asks for ------------------------------------------------------
+
+
+@dataclass
+class AllGather:
+    """Every rank's fixed-size uint8 message; the result is a [world, nbytes] uint8 tensor
+    whose rows are the messages in rank order."""
+
+    message: Tensor
+    final: bool = True
+
+
+@dataclass
+class AllReduceSum:
+    """The sum over ranks of ``tensor``, written into ``tensor`` (the result). Callers divide
+    by the world size first, so that narrow dtypes do not overflow."""
+
+    tensor: Tensor
+    final: bool = True
+
+
+@dataclass
+class GatherChoices:
+    """Every rank's int32 ``values`` (one per segment), read on the host: the result is a
+    list over ranks of lists of ints, the same on every rank."""
+
+    values: Tensor
+    final: bool = False
+
+
+@dataclass
+class Broadcasts:
+    """One message from each sender, in rank order: ``rows[s]`` is this rank's own message
+    when ``senders[s]`` is this rank, else a buffer of the sender's message size that the
+    exchange fills. The result is ``rows``."""
+
+    senders: list
+    rows: list
+    final: bool = True
+
+
+Step = Generator[object, object, Tensor]
+
+
+@dataclass(frozen=True)
+class BucketInput:
+    """One bucket of one rank at one step."""
+
+    g: Tensor  # the bucket's gradient in the state's dtype (DDP: the bucket, or a copy)
+    signature: tuple  # its layout (efcomm.bucket_state)
+    worker: Worker
+    dense_bytes: int  # what DDP's own all-reduce of the bucket would send
+    last: bool  # the last bucket of the step
+
+
+# ---- the step -----------------------------------------------------------------------------
+
+
+def bucket_step(state, bucket: BucketInput) -> Step:
+    """One step of a bucket on one rank (``state``: this rank's efcomm.state.EFState)."""
+    if not state.compresses(bucket.g.numel(), bucket.g.dtype):
+        return (yield from _dense_mean(state, bucket))
+    method = state.method_impl
+    signature = bucket.signature
+    current = state.buckets.get(signature)
+    if current is not None and current.poisoned():
+        # The last step's aggregate held inf/NaN (e.g. an AMP overflow step, which GradScaler
+        # skips): the state is poisoned on some ranks, so every rank starts this bucket over.
+        del state.buckets[signature]
+        state.stats.record_nonfinite_reset()
+        current = None
+    if current is None:
+        sources = [b for sig, b in state.buckets.items() if sig not in state._created]
+        segments = covering_states(sources, signature)
+        if segments is not None and not any(s.poisoned() for s in segments):
+            return (yield from _step_segments(state, segments, bucket))
+        k = method.k_for(state.compressor, bucket.g.numel())
+        current = relayout(sources, signature, k, bucket.g.device)
+        if current is None and method.dense_init:
+            return (yield from _initialise(state, k, bucket))
+        if current is None:
+            current = BucketState(signature, k, method.init_state(bucket.g, None, bucket.worker))
+        else:
+            state.stats.relayouts += 1
+        state.buckets[signature] = current
+        state._created.add(signature)
+    return (yield from _step_segments(state, [current], bucket))
+
+
+def _step_segments(state, segments: list, bucket: BucketInput) -> Step:
+    if state.method_impl.lazy:
+        return (yield from _lazy_step(state, segments, bucket))
+    return (yield from _compressed_step(state, segments, bucket))
+
+
+def _segment_inputs(segments: list, bucket: BucketInput):
+    """The bucket's gradient cut into its segments (the bucket itself in the common case),
+    and the parameter slices of the bucket (None in the common case)."""
+    g = bucket.g
+    if len(segments) == 1 and segments[0].signature == bucket.signature:
+        return [g], None
+    slices = BucketState(bucket.signature, 0, {}).param_slices()
+    return [torch.cat([g[o : o + n] for o, n in (slices[p] for p in s.params)]) for s in segments], slices
+
+
+def _assemble(bucket: BucketInput, segments: list, outs: list, slices) -> Tensor:
+    """The bucket's output from its segments' outputs (the one output in the common case)."""
+    if slices is None:
+        return outs[0]
+    full = torch.empty_like(bucket.g)
+    for segment, out in zip(segments, outs):
+        for o, n in (slices[p] for p in segment.params):
+            full[o : o + n].copy_(out[:n])
+            out = out[n:]
+    return full
+
+
+def _begin(state, segment: BucketState, g_segment: Tensor, worker: Worker):
+    """The codec of a segment's step (keys its random streams by the segment's step count)."""
+    segment.move_to(g_segment.device)
+    codec = state.codec(segment, g_segment.numel(), g_segment.dtype, worker.rank, g_segment.device)
+    segment.steps += 1
+    state._touched.add(segment.signature)
+    return codec
+
+
+def _compressed_step(state, segments: list, bucket: BucketInput) -> Step:
+    """One compressed step of a bucket made of one or more state layouts ("segments"): each
+    segment encodes its slice of the bucket, the messages go out in one all-gather, and each
+    segment decodes its part."""
+    method, worker = state.method_impl, bucket.worker
+    inputs, slices = _segment_inputs(segments, bucket)
+    codecs, messages = [], []
+    for segment, g_segment in zip(segments, inputs):
+        codecs.append(_begin(state, segment, g_segment, worker))
+        messages.append(method.encode(g_segment, segment.tensors, codecs[-1], worker))
+    message = messages[0] if len(messages) == 1 else torch.cat(messages)
+    state.stats.record(message.numel(), bucket.dense_bytes, bucket.last)
+    state.end_step_if_last(bucket.last)
+    rows = yield AllGather(message)
+    outs, offset = [], 0
+    for segment, g_segment, part, codec in zip(segments, inputs, messages, codecs):
+        segment_rows = rows if len(segments) == 1 else rows[:, offset : offset + part.numel()].contiguous()
+        offset += part.numel()
+        flag = _messages_nonfinite(method, segment_rows, codec)
+        out = method.decode(segment.tensors, segment_rows, codec, g_segment, worker)
+        segment.nonfinite = nonfinite(out) if flag is None else flag
+        outs.append(out)
+    return _assemble(bucket, segments, outs, slices)
+
+
+# Workers of one process that decode the same gathered tensor one after another (the
+# in-process transport hands every worker the same one) share its check: the last one.
+_last_checked = (lambda: None, None)  # (weak reference to the rows, their flag), swapped whole
+
+
+def _messages_nonfinite(method, rows: Tensor, codec) -> Optional[DeviceFlag]:
+    """Whether the gathered messages carry inf/NaN, read from the small part of them that
+    shows it (their values or block headers); None when the compressor has no such part
+    (the caller checks the decoded result instead)."""
+    global _last_checked
+    checked_rows, flag = _last_checked
+    if checked_rows() is not rows:
+        found = method.nonfinite_in(rows, codec)
+        flag = None if found is None else DeviceFlag(found)
+        _last_checked = (weakref.ref(rows), flag)
+    return flag
+
+
+def _lazy_step(state, segments: list, bucket: BucketInput) -> Step:
+    """One step of a lazy method (LAG, CLAG, AdaCGD) on one or more state layouts: a gather
+    of one choice per rank and segment (0: silent), read on the host, then one broadcast per
+    sending rank and segment; the others send nothing."""
+    method, worker = state.method_impl, bucket.worker
+    inputs, slices = _segment_inputs(segments, bucket)
+    codecs, mine = [], []
+    for segment, g_segment in zip(segments, inputs):
+        codecs.append(_begin(state, segment, g_segment, worker))
+        mine.append(method.choose(g_segment, segment.tensors, codecs[-1]).to(torch.int32).reshape(1))
+    own_choices = torch.cat(mine)
+    choices = yield GatherChoices(own_choices)  # choices[rank][segment], the same on every rank
+    sent_bytes = own_choices.numel() * own_choices.element_size()
+    senders, rows = [], []
+    plans = []  # per segment: (position of its first sender in the broadcasts, its senders)
+    for s, (segment, g_segment, codec) in enumerate(zip(segments, inputs, codecs)):
+        own = choices[worker.rank][s]
+        message = method.encode_choice(g_segment, segment.tensors, own, codec, worker) if own else None
+        method.remember(g_segment, segment.tensors)
+        segment_senders = [rank for rank in range(worker.world) if choices[rank][s]]
+        plans.append((len(rows), segment_senders))
+        for rank in segment_senders:
+            size = method.message_nbytes(choices[rank][s], codec)
+            if rank == worker.rank:
+                sent_bytes += size
+            senders.append(rank)
+            rows.append(message if rank == worker.rank else torch.empty(size, dtype=torch.uint8, device=bucket.g.device))
+    state.stats.record(sent_bytes, bucket.dense_bytes, bucket.last)
+    state.end_step_if_last(bucket.last)
+    if senders:
+        rows = yield Broadcasts(senders, rows)
+    outs = []
+    for s, (segment, codec, (first, segment_senders)) in enumerate(zip(segments, codecs, plans)):
+        if segment_senders:
+            segment_rows = rows[first : first + len(segment_senders)]
+            segment_choices = [choices[rank][s] for rank in segment_senders]
+            out = method.decode_senders(segment.tensors, segment_rows, segment_choices, codec, worker)
+        else:  # nobody moved: h stays
+            out = segment.tensors["h"]
+        segment.nonfinite = nonfinite(out)
+        outs.append(out)
+    return _assemble(bucket, segments, outs, slices)
+
+
+def _initialise(state, k: int, bucket: BucketInput) -> Step:
+    """The dense exchange that starts a method on a bucket (EF21: h_i = g_i, h = mean_j g_j)."""
+    g, worker = bucket.g, bucket.worker
+    h = g.detach().clone().div_(worker.world)  # divide before summing: no overflow in narrow dtypes
+    # Registered now, before the exchange, so that the state exists for the rest of this
+    # step's buckets; h becomes the mean in place when the all-reduce completes.
+    bucket_state = BucketState(bucket.signature, k, state.method_impl.init_state(g, h, worker))
+    state.buckets[bucket.signature] = bucket_state
+    state._created.add(bucket.signature)
+    state._touched.add(bucket.signature)
+    state.stats.initialisations += 1
+    state.stats.record(h.numel() * h.element_size(), bucket.dense_bytes, bucket.last)
+    state.end_step_if_last(bucket.last)
+    h = yield AllReduceSum(h)
+    bucket_state.nonfinite = nonfinite(h)
+    return h
+
+
+def _dense_mean(state, bucket: BucketInput) -> Step:
+    """Plain averaging for buckets too small to compress (in place on the bucket, as
+    PyTorch's allreduce_hook does)."""
+    reduced = bucket.g.div_(bucket.worker.world)
+    state.stats.record(reduced.numel() * reduced.element_size(), bucket.dense_bytes, bucket.last)
+    state.end_step_if_last(bucket.last)
+    return (yield AllReduceSum(reduced))
+
+
+def run_local(step: Step) -> Optional[Tensor]:
+    """Runs a step that asks for no exchange (a helper for tests); returns its output."""
+    try:
+        request = next(step)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError(f"efcomm: the step asked for an exchange ({type(request).__name__}) with no transport")

@@ -1,0 +1,267 @@
+"""EFState: one rank's configuration, per-bucket method state, statistics and checkpoints.
+
+The DDP hook (efcomm.hook) keeps one per rank; the simulator (efcomm.sim) one per simulated
+worker. Both drive it through the step engine (efcomm.engine).
+"""
+import dataclasses
+import json
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import ops
+from .bucket_state import BucketState, as_signature
+from .compressors import Codec, Compressor, Context, TopK
+from .methods import make_method
+from .stats import CommStats
+
+_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class EFState:
+    """State of :func:`efcomm.ef_hook`: configuration, per-bucket method state and statistics.
+
+    Args:
+        method: the error-feedback method, by name with default parameters (``"ef21"``,
+            ``"ef21-sgdm"``, ``"econtrol"``, ``"clip21"``, ``"lag"``, ``"clag"``, ``"adacgd"``,
+            ``"ef"``, ``"none"``, ``"motef"``) or as an :class:`efcomm.methods.Method`
+            (``EF21SGDM(eta=0.1)``, ``EF21W(weights)``, ...).
+        compressor: an efcomm compressor (default ``TopK(ratio=0.01)``): ``TopK``, ``RandK``,
+            ``QSGD``, ``Natural``, ``ScaledSign``, ``Int8``, ``FP8``, ``Identity``,
+            ``Induced``, or an unbiased one's ``.scaled()``. ``none`` takes unbiased ones,
+            the error-feedback methods contractive ones; a mismatch raises.
+        process_group: the group to communicate over (``None``: the default group).
+        min_compress_numel: buckets with fewer elements are all-reduced densely, as are
+            buckets whose message would not be smaller than the dense buffer (except with
+            methods whose messages are dense by design, such as Clip21).
+        state_dtype: dtype of the error-feedback state and of the message values; ``None``
+            keeps the bucket's dtype (e.g. ``torch.float32`` keeps bf16 models' state in fp32).
+        param_names: ``{id(param): name}``, so that bucket layouts are recognised across
+            processes (checkpoint/resume); :func:`efcomm.register` fills it in.
+        allow_biased: skip the compressor check (e.g. ``none`` with Top-k, to show it diverge).
+        always_compress: compress every bucket of at least ``min_compress_numel`` entries, even
+            where the message is not smaller than the dense buffer (the simulator does, to study
+            a compressor on small problems).
+        seed: keys every random choice (Rand-k indices, stochastic rounding); the same on
+            every rank (checked).
+
+    Picklable (the process group and parameter names are dropped: register the unpickled
+    state with :func:`efcomm.register` or pass ``param_names`` again), with ``state_dict`` /
+    ``load_state_dict``.
+    """
+
+    def __init__(
+        self,
+        method="ef21",
+        compressor: Optional[Compressor] = None,
+        process_group: Optional[dist.ProcessGroup] = None,
+        *,
+        min_compress_numel: int = 1024,
+        state_dtype: Optional[torch.dtype] = None,
+        param_names: Optional[dict] = None,
+        allow_biased: bool = False,
+        always_compress: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.method_impl = make_method(method)
+        if self.method_impl.per_worker_iterates:
+            raise ValueError(
+                f"efcomm: method {self.method_impl!r} keeps a different model on every worker, and DDP keeps "
+                "one identical model on every rank: run it in efcomm.sim, or use its shared-iterate form "
+                "(per_worker=False; see efcomm.methods.MoTEF)"
+            )
+        compressor = TopK() if compressor is None else compressor
+        self.method_impl.check_compressor(compressor, allow_biased)
+        if not isinstance(min_compress_numel, int) or min_compress_numel < 1:
+            raise ValueError(f"efcomm: min_compress_numel ({min_compress_numel!r}) must be a positive int")
+        if state_dtype is not None and state_dtype not in _STATE_DTYPES:
+            raise ValueError(f"efcomm: state_dtype ({state_dtype!r}) must be None or one of {_STATE_DTYPES}")
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and -(2**63) <= seed < 2**63):
+            raise ValueError(f"efcomm: seed ({seed!r}) must be an int that fits 64 bits")
+        self.seed = seed
+        self.method = self.method_impl.name
+        self.allow_biased = allow_biased
+        self.always_compress = bool(always_compress)
+        self.compressor = compressor
+        self.process_group = process_group
+        self.min_compress_numel = min_compress_numel
+        self.state_dtype = state_dtype
+        self.param_names = dict(param_names or {})
+        self.buckets: dict[tuple, BucketState] = {}  # by bucket signature
+        self.stats = CommStats()
+        self._config_checked = False
+        self._touched: set = set()  # signatures of the states used in the current step
+        self._created: set = set()  # signatures of the states created in the current step
+        self._compresses: dict = {}  # (numel, dtype) -> whether such a bucket is compressed
+        self.world_size: Optional[int] = None  # the group's, once the state has joined one
+        self.rank: Optional[int] = None
+        self._saved_at: Optional[tuple] = None  # (world size, rank) of a loaded checkpoint
+
+    def config(self) -> dict:
+        """The settings every rank must share (checked once, by hash, on the first bucket)."""
+        return {
+            "method": repr(self.method_impl),
+            "compressor": repr(self.compressor),
+            "allow_biased": self.allow_biased,
+            "always_compress": self.always_compress,
+            "min_compress_numel": self.min_compress_numel,
+            "state_dtype": str(self.state_dtype),
+            "seed": self.seed,
+        }
+
+    def compresses(self, numel: int, dtype: torch.dtype) -> bool:
+        """Whether a bucket of ``numel`` entries of ``dtype`` is compressed: large enough, and
+        its message smaller than the dense buffer (or the method's messages dense by design)."""
+        key = (numel, dtype)
+        if key not in self._compresses:
+            method = self.method_impl
+            wire = method.wire_nbytes(Codec(self.compressor, numel, dtype))
+            smaller = self.always_compress or method.sends_dense or wire < numel * dtype.itemsize
+            self._compresses[key] = numel >= self.min_compress_numel and smaller
+        return self._compresses[key]
+
+    def codec(self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int, device: torch.device) -> Codec:
+        """The compressor bound to a state layout at its current step (with the layout's
+        threshold Top-k hint when the compressor uses one)."""
+        hint = None
+        if getattr(self.compressor, "threshold", False) is True:
+            hint = bucket_state.hints.get("topk_threshold")
+            if hint is None:
+                hint = bucket_state.hints["topk_threshold"] = ops.topk_threshold_hint(device)
+        ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank)
+        return Codec(self.compressor, numel, dtype, ctx, hint)
+
+    def end_step_if_last(self, last: bool) -> None:
+        """At the end of a step, drops the states of layouts that DDP no longer has."""
+        if last:
+            for signature in [sig for sig in self.buckets if sig not in self._touched]:
+                del self.buckets[signature]
+            self._touched.clear()
+            self._created.clear()
+
+    def state_dict(self) -> dict:
+        """This rank's state, under its rank: ``{"ranks": {"<rank>": {...}}}``. Save one per
+        rank (``torch.save``), or every rank's together with torch.distributed.checkpoint
+        (this is its ``Stateful`` protocol; see efcomm.checkpoint), where each rank's tensors
+        keep their own keys."""
+        rank = self.rank if self.rank is not None else 0
+        return {
+            "ranks": {
+                str(rank): {
+                    "config": self.config(),
+                    "world_size": self.world_size,
+                    "rank": self.rank,
+                    "buckets": [
+                        {
+                            "signature": b.signature,
+                            "k": b.k,
+                            "steps": b.steps,
+                            "tensors": {n: t.clone() for n, t in b.tensors.items()},
+                            "hints": {n: t.clone() for n, t in b.hints.items()},
+                        }
+                        for b in self.buckets.values()
+                    ],
+                    "stats": self.stats.state_dict(),
+                }
+            }
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a rank's state saved by :meth:`state_dict`: the same rank's, to continue
+        exactly; or, when the group has another size (elastic resume), any rank's: the hook
+        then re-forms the per-rank tensors on every rank alike before its first exchange
+        (each method's ``reform`` rule, efcomm.methods), so that the method's invariants hold
+        (EF21: every h_i := h, which keeps h = mean h_i). Ranks check that they loaded the
+        same buckets at the same step before any exchange, and raise otherwise."""
+        saved = per_rank(state)
+        if saved["config"] != self.config():
+            raise ValueError(
+                f"efcomm: checkpoint configuration {saved['config']} differs from this state's {self.config()}"
+            )
+        self.buckets = {}
+        for bucket in saved["buckets"]:
+            signature = as_signature(bucket["signature"])
+            tensors = {n: t.clone() for n, t in bucket["tensors"].items()}
+            hints = {n: t.clone() for n, t in bucket.get("hints", {}).items()}
+            self.buckets[signature] = BucketState(
+                signature, int(bucket["k"]), tensors, loaded=True, steps=int(bucket.get("steps", 0)), hints=hints
+            )
+        self.stats.load_state_dict(saved["stats"])
+        world, rank = saved.get("world_size"), saved.get("rank")
+        self._saved_at = None if world is None or rank is None else (int(world), int(rank))
+        self._config_checked = False  # the ranks check again that they loaded alike
+
+    def agreement_summary(self) -> dict:
+        """What ranks must agree on before their first exchange (after a load too): the
+        configuration, and the buckets they loaded with their step counts."""
+        loaded = sorted((repr(b.signature), b.steps) for b in self.buckets.values() if b.loaded)
+        return {"config": self.config(), "saved_at": self._saved_at, "loaded": loaded}
+
+    def join_group(self, world: int, rank: int, summaries: list) -> None:
+        """Takes the place of rank ``rank`` of ``world`` once every rank's
+        :meth:`agreement_summary` is known (the same list on every rank): raises if the
+        ranks disagree, and re-forms the loaded per-rank state, on every rank alike, when any
+        rank's checkpoint was saved by another rank or at another world size."""
+        agree(summaries)
+        method = self.method_impl
+        if any(s["saved_at"] not in (None, (world, r)) for r, s in enumerate(summaries)):
+            for b in self.buckets.values():
+                if b.loaded:
+                    b.tensors = method.reformed(b.tensors)
+        method.check_world(world)
+        self.world_size, self.rank = world, rank
+        self._saved_at = None
+        self._config_checked = True
+
+    def __getstate__(self) -> dict:
+        # Drop what belongs to this process: the group, parameter identities (id() keys) and
+        # the agreement check, which the process that unpickles must run again.
+        state = dict(self.__dict__)
+        state.update(process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set())
+        state["buckets"] = {sig: dataclasses.replace(b, nonfinite=None) for sig, b in self.buckets.items()}
+        return state
+
+    def bucket_signature(self, bucket: dist.GradBucket, dtype: torch.dtype) -> tuple:
+        """What identifies a bucket layout: dtype, size and its parameters in order."""
+        params = tuple((self.param_names.get(id(p), ""), tuple(p.shape)) for p in bucket.parameters())
+        return (str(dtype), bucket.buffer().numel(), params)
+
+
+def per_rank(state: dict) -> dict:
+    """The one rank's entry of a :meth:`EFState.state_dict` (``{"ranks": {"<rank>": entry}}``)."""
+    ranks = state.get("ranks")
+    if not isinstance(ranks, dict) or len(ranks) != 1:
+        held = sorted(ranks) if isinstance(ranks, dict) else None
+        raise ValueError(f"efcomm: a state dict holds one rank's state under 'ranks'; this one holds {held!r}")
+    return next(iter(ranks.values()))
+
+
+def agree(summaries: list) -> None:
+    """Raises, naming the ranks and buckets, unless every rank's agreement summary matches
+    rank 0's (the same list is checked on every rank, so every rank raises alike)."""
+    first = summaries[0]
+    differing = [r for r, s in enumerate(summaries) if s["config"] != first["config"]]
+    if differing:
+        raise RuntimeError(
+            f"efcomm: ranks disagree on the hook configuration: ranks {differing} differ from rank 0; "
+            f"rank 0 has {json.dumps(first['config'], sort_keys=True)}, rank {differing[0]} has "
+            f"{json.dumps(summaries[differing[0]]['config'], sort_keys=True)}"
+        )
+    differing = [r for r, s in enumerate(summaries) if s["loaded"] != first["loaded"]]
+    if differing:
+        def describe(r):
+            loaded = summaries[r]["loaded"]
+            if not loaded:
+                return f"rank {r} holds no loaded state"
+            steps = sorted({steps for _, steps in loaded})
+            return f"rank {r} holds {len(loaded)} loaded bucket(s) at step(s) {steps}"
+
+        reference = set(first["loaded"])
+        buckets = sorted({sig for r in differing for sig, _ in reference ^ set(summaries[r]["loaded"])})
+        raise RuntimeError(
+            "efcomm: ranks disagree on the error-feedback state they loaded: "
+            + "; ".join(describe(r) for r in [0] + differing)
+            + f"; buckets that differ: {buckets[:4]}{' ...' if len(buckets) > 4 else ''}. Every rank must load "
+            "the checkpoint of one run and step (at another world size, any rank's file will do)"
+        )

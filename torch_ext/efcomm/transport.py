@@ -1,0 +1,147 @@
+"""Transports: what carries out the exchanges a step asks for (efcomm.engine).
+
+* :class:`DDPTransport` runs one rank's step with collectives on a process group (NCCL,
+  gloo). Exchanges that are not the step's last are issued and waited for on the calling
+  thread (with NCCL, waiting orders the current stream after the collective and does not
+  block the host; a gather of choices is read on the host by design). The last exchange is
+  asynchronous: the rest of the step runs in its future's callback, and the hook returns
+  that future. Every collective is issued from the hook's own call, so every rank issues
+  them in the same order.
+* :class:`InProcessTransport` runs the steps of n workers held in one process in lockstep:
+  each exchange is served by stacking the workers' messages in rank order. The simulator
+  and the in-process tests use it, so that they run exactly the hook's step.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .engine import AllGather, AllReduceSum, Broadcasts, GatherChoices, Step
+
+
+class DDPTransport:
+    """Exchanges over ``group`` (None: the default group) for the rank that calls it."""
+
+    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
+        self.group = group
+
+    def run(self, step: Step, finish) -> torch.futures.Future:
+        """Drives ``step``; ``finish(out)`` turns the step's output into the future's value
+        (the hook copies it into the DDP bucket). Returns the future."""
+        value = None
+        while True:
+            try:
+                request = step.send(value)
+            except StopIteration as done:
+                return _completed(finish(done.value), done.value)
+            if not request.final:
+                value = self._wait(request)
+                continue
+            work, result = self._issue(request)
+
+            def resume(fut: torch.futures.Future, result=result):
+                fut.value()
+                try:
+                    step.send(result)
+                except StopIteration as done:
+                    return finish(done.value)
+                raise RuntimeError("efcomm: a step asked for an exchange after its final one")
+
+            return work.get_future().then(resume)
+
+    def _issue(self, request):
+        """Starts the collective of a final exchange: (work, the value the step gets back)."""
+        group = self.group
+        if isinstance(request, AllGather):
+            world = dist.get_world_size(group)
+            message = request.message
+            gathered = message.new_empty((world * message.numel(),))  # flat: gloo splits it by rank
+            work = dist.all_gather_into_tensor(gathered, message, group=group, async_op=True)
+            return work, gathered.view(world, -1)
+        if isinstance(request, AllReduceSum):
+            return dist.all_reduce(request.tensor, group=group, async_op=True), request.tensor
+        if isinstance(request, Broadcasts):
+            works = [
+                dist.broadcast(row, group=group, group_src=rank, async_op=True)
+                for rank, row in zip(request.senders, request.rows)
+            ]
+            return _AllWorks(works), request.rows
+        raise TypeError(f"efcomm: {type(request).__name__} cannot be the final exchange of a step")
+
+    def _wait(self, request):
+        if isinstance(request, GatherChoices):
+            world = dist.get_world_size(self.group)
+            values = request.values
+            gathered = torch.empty(world * values.numel(), dtype=values.dtype, device=values.device)
+            dist.all_gather_into_tensor(gathered, values, group=self.group)
+            return gathered.view(world, -1).tolist()  # the same on every rank
+        work, result = self._issue(request)
+        work.wait()
+        return result
+
+
+class _AllWorks:
+    """Several collectives' works as one (their futures collected)."""
+
+    def __init__(self, works: list) -> None:
+        self.works = works
+
+    def get_future(self) -> torch.futures.Future:
+        return torch.futures.collect_all([w.get_future() for w in self.works])
+
+    def wait(self) -> None:
+        for w in self.works:
+            w.wait()
+
+
+def _completed(value, out: Tensor) -> torch.futures.Future:
+    done = torch.futures.Future(devices=[out.device] if out is not None and out.is_cuda else None)
+    done.set_result(value)
+    return done
+
+
+class InProcessTransport:
+    """Serves the exchanges of n workers' steps run in lockstep in one process."""
+
+    def run(self, steps: list) -> list:
+        """Drives every worker's step to its end; returns their outputs, in rank order."""
+        n = len(steps)
+        values = [None] * n
+        outs = [None] * n
+        while True:
+            requests = []
+            for rank, step in enumerate(steps):
+                try:
+                    requests.append(step.send(values[rank]))
+                except StopIteration as done:
+                    outs[rank] = done.value
+                    requests.append(None)
+            if all(r is None for r in requests):
+                return outs
+            kinds = {type(r).__name__ for r in requests}
+            if len(kinds) != 1:
+                raise RuntimeError(f"efcomm: the workers' steps ask for different exchanges: {sorted(kinds)}")
+            values = self._serve(requests)
+
+    @staticmethod
+    def _serve(requests: list) -> list:
+        first = requests[0]
+        if isinstance(first, AllGather):
+            gathered = torch.stack([r.message for r in requests])
+            return [gathered] * len(requests)  # every worker only reads it
+        if isinstance(first, AllReduceSum):
+            total = requests[0].tensor.clone()
+            for r in requests[1:]:  # rank order
+                total.add_(r.tensor)
+            for r in requests:
+                r.tensor.copy_(total)
+            return [r.tensor for r in requests]
+        if isinstance(first, GatherChoices):
+            choices = [r.values.tolist() for r in requests]
+            return [choices] * len(requests)
+        if isinstance(first, Broadcasts):
+            # the i-th broadcast carries sender senders[i]'s own row
+            rows = [requests[rank].rows[i] for i, rank in enumerate(first.senders)]
+            return [rows] * len(requests)
+        raise TypeError(f"efcomm: unknown exchange {type(first).__name__}")
