@@ -8,3 +8,12 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def ddp_launches(tmp_path_factory):
+    """The multi-process DDP scenarios (tests/python/ddp_workers.py: LAUNCHES), run once for
+    the whole session: {launch: [per-rank {scenario: result}]}."""
+    from ddp_workers import run_launches
+
+    return run_launches(str(tmp_path_factory.mktemp("ddp")))

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -104,7 +105,7 @@ class OutOfOrder(nn.Module):
         return self.last(torch.relu(self.middle(torch.relu(self.first(x)))))
 
 
-def scenario_gradient_as_bucket_view(rank):
+def scenario_gradient_as_bucket_view(rank, world, ctx):
     """The same training with and without gradient_as_bucket_view."""
     params = []
     for view in (False, True):
@@ -114,7 +115,7 @@ def scenario_gradient_as_bucket_view(rank):
     return {"plain": params[0], "view": params[1]}
 
 
-def scenario_layout_change(rank):
+def scenario_layout_change(rank, world, ctx):
     """Buckets of one layer each (caps below one layer's size), in registration order at
     first, then in gradient-ready order after DDP's rebuild."""
     model = OutOfOrder()
@@ -134,7 +135,7 @@ def scenario_layout_change(rank):
     }
 
 
-def scenario_unused_parameters_and_static_graph(rank):
+def scenario_unused_parameters_and_static_graph(rank, world, ctx):
     """find_unused_parameters (buckets never rebuilt; the unused parameter's gradient stays
     zero) and static_graph (buckets rebuilt after the second iteration)."""
     out = {}
@@ -149,7 +150,7 @@ def scenario_unused_parameters_and_static_graph(rank):
     return out
 
 
-def scenario_no_sync(rank):
+def scenario_no_sync(rank, world, ctx):
     """Gradient accumulation: two micro-batches under no_sync, then a synchronising one."""
     model, ddp, state, opt, gen = _small_ddp(rank)
     for _ in range(6):
@@ -165,7 +166,7 @@ def scenario_no_sync(rank):
     return {"params": _flat_params(model), "steps": state.stats.steps}
 
 
-def scenario_bfloat16_model_float32_state(rank):
+def scenario_bfloat16_model_float32_state(rank, world, ctx):
     model, ddp, state, opt, gen = _small_ddp(rank, dtype=torch.bfloat16, state_dtype=torch.float32)
     losses, _ = _train(ddp, opt, gen, 20, dtype=torch.bfloat16)
     return {
@@ -176,7 +177,7 @@ def scenario_bfloat16_model_float32_state(rank):
     }
 
 
-def scenario_nonfinite(rank):
+def scenario_nonfinite(rank, world, ctx):
     """Rank 1's loss is inf at step 5; every rank skips that optimizer step, as GradScaler
     does, and training goes on with finite state (Top-k values and quantizer headers)."""
     out = {}
@@ -193,7 +194,7 @@ def scenario_nonfinite(rank):
     return out
 
 
-def scenario_every_exchange(rank):
+def scenario_every_exchange(rank, world, ctx):
     """Each kind of exchange through real collectives: the all-gather (Top-k, a quantizer,
     Rand-k, Clip21's dense messages), the dense start's all-reduce, and the lazy methods'
     choice gather and broadcasts."""
@@ -214,7 +215,7 @@ def scenario_every_exchange(rank):
     return out
 
 
-def scenario_smoothness(rank):
+def scenario_smoothness(rank, world, ctx):
     """Least squares on rank-scaled data: rank r's loss has Hessian 2 X_r^T X_r / m, known
     exactly; the estimates are compared with it, then EF21-W trains with the weights."""
     gen = torch.Generator().manual_seed(rank)
@@ -240,91 +241,167 @@ def scenario_smoothness(rank):
             "params": _flat_params(model)}
 
 
-SCENARIOS = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")
-}
+def scenario_join(rank, world, ctx):
+    """Rank r has 10 + 3r batches: ranks that run out keep joining with zero gradients."""
+    model, ddp, state, opt, gen = _small_ddp(rank)
+    with Join([ddp]):
+        _train(ddp, opt, gen, 10 + 3 * rank)
+    return {"h": [b.tensors["h"] for b in state.buckets.values()], "steps": state.stats.steps}
 
 
-def scenarios_worker(rank, world_size, init_method, result_dir, names):
-    """Runs the named scenarios in a row on one process group; saves {name: result}."""
-    _join_group(rank, world_size, init_method)
-    results = {}
-    for name in names:
-        results[name] = SCENARIOS[name](rank)
-        gc.collect()  # the scenario's DDP objects go before the next one starts
-        dist.barrier()
-    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
-    shutdown()
-
-
-def mismatch_worker(rank, world_size, init_method, result_dir):
-    _join_group(rank, world_size, init_method)
+def scenario_mismatch(rank, world, ctx):
+    """Ranks with different configurations: every rank must raise (run last in a launch)."""
     torch.manual_seed(0)
     ddp = DistributedDataParallel(nn.Linear(64, 64))
     efcomm.register(ddp, "ef21", efcomm.TopK(0.1 if rank == 0 else 0.2), min_compress_numel=16)
     try:
         ddp(torch.randn(8, 64)).sum().backward()
+        return {"error": None}
+    except RuntimeError as e:
+        return {"error": str(e)}
+
+
+def _multi_bucket_ddp():
+    """OutOfOrder in buckets of one layer each, EF21 + Top-10%."""
+    model = OutOfOrder()
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.001)
+    state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
+    return model, ddp, state, torch.optim.SGD(ddp.parameters(), lr=0.05)
+
+
+def _train_fixed(ddp, opt, rank, start, steps):
+    """Steps whose batches depend only on (rank, step), so a resumed run sees the same data."""
+    for step in range(start, start + steps):
+        gen = torch.Generator().manual_seed(1000 * rank + step)
+        x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        opt.step()
+
+
+def _record(model, state):
+    return {"params": _flat_params(model), "state": state.state_dict(), "stats": state.stats.state_dict()}
+
+
+def _save_files(name, world, rank, ctx, model, opt, state):
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()},
+               f"{ctx['directory']}/{name}-{world}.rank{rank}.pt")
+
+
+def _load_files(name, world, rank, ctx, model, opt, state=None):
+    saved = torch.load(f"{ctx['directory']}/{name}-{world}.rank{rank}.pt")
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    if state is not None:
+        state.load_state_dict(saved["ef_state"])
+
+
+def scenario_resume_save(rank, world, ctx):
+    """Exact resume across processes, first half: the uninterrupted run (20 steps) and a run
+    of 10 steps saved to per-rank files."""
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _train_fixed(ddp, opt, rank, 0, 20)
+    uninterrupted = _record(model, state)
+    del model, ddp, state, opt
+    gc.collect()
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _train_fixed(ddp, opt, rank, 0, 10)
+    _save_files("resume", world, rank, ctx, model, opt, state)
+    return {"uninterrupted": uninterrupted}
+
+
+def scenario_resume_load(rank, world, ctx):
+    """Exact resume, second half, in new processes: DDP starts from its initial buckets."""
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _load_files("resume", world, rank, ctx, model, opt, state)
+    _train_fixed(ddp, opt, rank, 10, 10)
+    return {"resumed": _record(model, state)}
+
+
+def scenario_elastic_save(rank, world, ctx):
+    """Trains 10 steps; saves per-rank files and a DCP checkpoint for a resume at another size."""
+    from efcomm import checkpoint
+
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _train_fixed(ddp, opt, rank, 0, 10)
+    _save_files("elastic", world, rank, ctx, model, opt, state)
+    checkpoint.save(state, f"{ctx['directory']}/dcp-{world}")
+    return _record(model, state)
+
+
+def scenario_elastic_resume(rank, world, ctx):
+    """Resume of the previous launch's checkpoint (saved at ctx["saved_world"] ranks): rank r
+    reads file r mod saved_world, trains 10 steps and saves its own files and DCP checkpoint;
+    then a fresh state loads the DCP checkpoint (efcomm.checkpoint.load) and trains."""
+    from efcomm import checkpoint
+
+    saved_world = ctx["saved_world"]
+    out = {}
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _load_files("elastic", saved_world, rank % saved_world, ctx, model, opt, state)
+    _train_fixed(ddp, opt, rank, 10, 10)
+    _save_files("elastic", world, rank, ctx, model, opt, state)
+    checkpoint.save(state, f"{ctx['directory']}/dcp-{world}")
+    out["files"] = _record(model, state)
+    del model, ddp, state, opt
+    gc.collect()
+    dist.barrier()
+    model, ddp, state, opt = _multi_bucket_ddp()
+    _load_files("elastic", saved_world, rank % saved_world, ctx, model, opt)
+    out["dcp_source"] = checkpoint.load(state, f"{ctx['directory']}/dcp-{saved_world}")
+    _train_fixed(ddp, opt, rank, 10, 10)
+    out["dcp"] = _record(model, state)
+    return out
+
+
+def scenario_elastic_missing(rank, world, ctx):
+    """Rank 2 loads no state while the others do: every rank must fail at once with a clear
+    error (run last in a launch)."""
+    model, ddp, state, opt = _multi_bucket_ddp()
+    if rank != 2:
+        _load_files("elastic", ctx["saved_world"], rank % ctx["saved_world"], ctx, model, opt, state)
+    start = time.monotonic()
+    try:
+        _train_fixed(ddp, opt, rank, 10, 1)
         error = None
     except RuntimeError as e:
         error = str(e)
-    torch.save({"error": error}, Path(result_dir) / f"rank{rank}.pt")
-    shutdown()
+    return {"error": error, "seconds": time.monotonic() - start}
 
 
-def join_worker(rank, world_size, init_method, result_dir):
-    """Rank r has 10 + 3r batches: ranks that run out keep joining with zero gradients."""
+SCENARIOS = {
+    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")
+}
+
+# The launches of the DDP tests, in order (each a world size and its scenarios; a scenario
+# that makes every rank raise comes last). Files pass from one launch to the next.
+LAUNCHES = (
+    ("first", 2, ["gradient_as_bucket_view", "layout_change", "unused_parameters_and_static_graph", "no_sync",
+                  "bfloat16_model_float32_state", "nonfinite", "every_exchange", "smoothness", "resume_save",
+                  "elastic_save", "mismatch"]),
+    ("three", 3, ["join", "elastic_resume", "elastic_missing"]),
+    ("second", 2, ["resume_load", "elastic_resume"]),
+)
+
+
+def scenarios_worker(rank, world_size, init_method, result_dir, names, ctx):
+    """Runs the named scenarios in a row on one process group; saves {name: result}."""
     _join_group(rank, world_size, init_method)
-    model, ddp, state, opt, gen = _small_ddp(rank)
-    with Join([ddp]):
-        _train(ddp, opt, gen, 10 + 3 * rank)
-    torch.save(
-        {"h": [b.tensors["h"] for b in state.buckets.values()], "steps": state.stats.steps},
-        Path(result_dir) / f"rank{rank}.pt",
-    )
+    results = {}
+    for name in names:
+        results[name] = SCENARIOS[name](rank, world_size, ctx)
+        gc.collect()  # the scenario's DDP objects go before the next one starts
+        if name not in ("mismatch", "elastic_missing"):
+            dist.barrier()
+    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
     shutdown()
 
 
-def resume_worker(rank, world_size, init_method, result_dir, checkpoint, phase):
-    """Checkpoint/resume across processes, with two buckets. Phase "save": the uninterrupted
-    run (20 steps) and the first half (10 steps, saved to ``checkpoint``.rank<r>.pt); phase
-    "resume": a new process loads it and runs the second half."""
-    _join_group(rank, world_size, init_method)
-
-    def make():
-        model = OutOfOrder()
-        ddp = DistributedDataParallel(model, bucket_cap_mb=0.02)
-        state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
-        return model, ddp, state, torch.optim.SGD(ddp.parameters(), lr=0.05)
-
-    def batches(start, steps):
-        for step in range(start, start + steps):
-            gen = torch.Generator().manual_seed(1000 * rank + step)
-            yield torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
-
-    def train(ddp, opt, start, steps):
-        for x, y in batches(start, steps):
-            opt.zero_grad()
-            nn.functional.cross_entropy(ddp(x), y).backward()
-            opt.step()
-
-    out = {}
-    if phase == "save":
-        model, ddp, state, opt = make()
-        train(ddp, opt, 0, 20)
-        out["uninterrupted"] = {"params": _flat_params(model), "state": state.state_dict()}
-        del model, ddp, state, opt
-        gc.collect()
-        model, ddp, state, opt = make()
-        train(ddp, opt, 0, 10)
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()},
-                   f"{checkpoint}.rank{rank}.pt")
-    else:
-        model, ddp, state, opt = make()
-        saved = torch.load(f"{checkpoint}.rank{rank}.pt")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state.load_state_dict(saved["ef_state"])
-        train(ddp, opt, 10, 10)
-        out["resumed"] = {"params": _flat_params(model), "state": state.state_dict()}
-    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
-    shutdown()
+def run_launches(directory: str) -> dict:
+    """Every launch of LAUNCHES, in order: {launch: [rank results]}."""
+    results, saved_world = {}, None
+    for name, world, names in LAUNCHES:
+        ctx = {"directory": directory, "saved_world": saved_world}
+        results[name] = spawn(scenarios_worker, world, names, ctx)
+        saved_world = world
+    return results

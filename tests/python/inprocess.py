@@ -2,6 +2,7 @@
 and optimizer, whose bucket gradients go through efcomm's step engine with the in-process
 transport (efcomm.cluster) instead of DDP. The step logic is the hook's; only DDP is missing,
 so these runs test the step logic fast, without starting processes."""
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -128,6 +129,7 @@ class LocalTraining:
         for rank, ckpt in enumerate(checkpoints):
             if ckpt is None:  # this rank loads nothing
                 continue
+            ckpt = copy.deepcopy(ckpt)  # as from its own file: ranks may load the same one
             self.models[rank].load_state_dict(ckpt["model"])
             self.optimizers[rank].load_state_dict(ckpt["optimizer"])
             if self.cluster is not None:

@@ -182,7 +182,7 @@ class EFState:
         self.buckets = {}
         for bucket in saved["buckets"]:
             signature = as_signature(bucket["signature"])
-            tensors = {n: t.clone() for n, t in bucket["tensors"].items()}
+            tensors = {n: t.clone() for n, t in bucket.get("tensors", {}).items()}
             hints = {n: t.clone() for n, t in bucket.get("hints", {}).items()}
             self.buckets[signature] = BucketState(
                 signature, int(bucket["k"]), tensors, loaded=True, steps=int(bucket.get("steps", 0)), hints=hints
