@@ -26,7 +26,8 @@ Assumptions, stated so that a reader can weigh the numbers:
     bucket's collective with the rest of the backward pass, which hides more of the dense
     all-reduce than of a smaller exchange, so this model favours compression);
   - bandwidth only: no per-message latency term (a ring's 2 (n-1) or (n-1) steps of a few
-    microseconds each), no congestion, every rank on a link of bandwidth B;
+    microseconds each), no congestion, every rank on a link of bandwidth B, each link at its
+    quoted figure (NVLink's 900 GB/s counts both directions together);
   - every byte efcomm reports (``state.stats.bytes_sent``) is all-gathered; its buckets that
     are too small to compress are all-reduced, which for n >= 2 sends fewer bytes
     (2 (n-1)/n <= n-1), so the efcomm prediction is an upper bound;
