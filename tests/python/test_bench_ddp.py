@@ -131,14 +131,15 @@ def test_bytes_per_step_are_what_the_hooks_hand_to_the_collectives(spec, monkeyp
         workload = make_workload("gpt2", torch.device("cpu"), tiny=True)
         ddp = DistributedDataParallel(workload.model, bucket_cap_mb=0.05)
         meter = ByteMeter(parse_hook(spec), ddp)
-        for step in range(2):
-            bench_ddp.train_step(ddp, torch.optim.SGD(ddp.parameters(), lr=1e-4), workload, workload.batches[0], False)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-4)
+        for _ in range(2):  # DDP's bucket rebuild, efcomm's dense start, PowerSGD's uncompressed steps
+            bench_ddp.train_step(ddp, optimizer, workload, workload.batches[0], False)
         meter.start()
         counts = []
         _counting(monkeypatch, "all_reduce", counts)
         _counting(monkeypatch, "all_gather_into_tensor", counts)
-        for step in range(3):
-            bench_ddp.train_step(ddp, torch.optim.SGD(ddp.parameters(), lr=1e-4), workload, workload.batches[0], False)
+        for _ in range(3):
+            bench_ddp.train_step(ddp, optimizer, workload, workload.batches[0], False)
         assert len(counts) > 1  # several buckets
         assert meter.bytes_per_step(3) == pytest.approx(sum(counts) / 3)
     finally:
