@@ -6,7 +6,7 @@ import torch
 
 import efcomm
 
-from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, problems, sim
+from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, figures, problems, sim
 from efcomm.compressors import Codec
 from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
 
@@ -179,7 +179,7 @@ def test_minibatches_need_a_problem_with_data():
 
 
 def test_figures_command_writes_pngs(tmp_path):
-    paths = sim.figures(tmp_path, steps=50)
+    paths = figures.figures(tmp_path, steps=50)
     assert [p.name for p in paths] == [
         "counterexample.png", "quadratic_stepsizes.png", "econtrol_vs_ef.png", "logistic_nonconvex.png",
         "sgdm_small_batches.png", "lag_bits.png", "induced.png", "induced_bits.png", "ef21_compressors.png", "motef.png",
