@@ -18,7 +18,7 @@ independent compressors per worker, so a run with Rand-k here is not their setti
 """
 import itertools
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -31,37 +31,39 @@ class Sampling:
     """A distribution over the subsets S of {0, ..., n-1} that take part in a round, with its
     marginals p_i = Prob(i in S) (all positive). Build one with ``independent``, ``nice`` or
     ``explicit`` (any distribution, given by its support). ``support`` lists the subsets with
-    their probabilities (for n <= 12), for exact checks."""
+    their probabilities when there are at most 4096 of them (else None), for exact checks."""
 
-    def __init__(self, n: int, support: list, draw: Callable, description: str) -> None:
-        self.n, self.support, self._draw, self.description = n, support, draw, description
-        self.p = [sum(q for s, q in support if i in s) for i in range(n)]
-        if any(not 0.0 < q <= 1.0 + 1e-12 for q in self.p):
-            raise ValueError(f"Sampling: every worker needs a participation probability in (0, 1]; got {self.p}")
+    def __init__(self, n: int, p: list, draw: Callable, description: str, support: Optional[list]) -> None:
+        if len(p) != n or any(not 0.0 < q <= 1.0 + 1e-12 for q in p):
+            raise ValueError(f"Sampling: every one of the {n} workers needs a participation probability in (0, 1]; got {p}")
+        self.n, self.p, self._draw, self.description, self.support = n, [float(q) for q in p], draw, description, support
 
     @classmethod
     def independent(cls, p: list) -> "Sampling":
         """Worker i takes part with probability p_i, independently of the others."""
         n = len(p)
-        support = []
-        for mask in itertools.product((0, 1), repeat=n):
-            prob = math.prod(q if bit else 1.0 - q for q, bit in zip(p, mask))
-            support.append(([i for i, bit in enumerate(mask) if bit], prob))
+        support = None
+        if n <= 12:
+            support = []
+            for mask in itertools.product((0, 1), repeat=n):
+                prob = math.prod(q if bit else 1.0 - q for q, bit in zip(p, mask))
+                support.append(([i for i, bit in enumerate(mask) if bit], prob))
         thresholds = torch.tensor([float(q) for q in p], dtype=torch.float64)
 
         def draw(gen):
             return torch.nonzero(torch.rand(n, generator=gen, dtype=torch.float64) < thresholds).flatten().tolist()
 
-        return cls(n, support, draw, f"independent p = {tuple(p)}")
+        return cls(n, list(p), draw, f"independent p = {tuple(p)}", support)
 
     @classmethod
     def nice(cls, n: int, tau: int) -> "Sampling":
         """A uniformly random subset of tau workers (p_i = tau / n)."""
         if not 1 <= tau <= n:
             raise ValueError(f"Sampling.nice: tau ({tau}) must be in [1, {n}]")
-        subsets = [list(s) for s in itertools.combinations(range(n), tau)]
-        support = [(s, 1.0 / len(subsets)) for s in subsets]
-        return cls(n, support, lambda gen: sorted(torch.randperm(n, generator=gen)[:tau].tolist()), f"{tau}-nice")
+        support = None
+        if math.comb(n, tau) <= 4096:
+            support = [(list(s), 1.0 / math.comb(n, tau)) for s in itertools.combinations(range(n), tau)]
+        return cls(n, [tau / n] * n, lambda gen: sorted(torch.randperm(n, generator=gen)[:tau].tolist()), f"{tau}-nice", support)
 
     @classmethod
     def explicit(cls, n: int, subsets: list, probs: list) -> "Sampling":
@@ -69,8 +71,9 @@ class Sampling:
         if len(subsets) != len(probs) or abs(sum(probs) - 1.0) > 1e-9 or min(probs) < 0:
             raise ValueError(f"Sampling.explicit: probs ({probs}) must be one non-negative number per subset, summing to 1")
         support = [(sorted(set(s)), float(q)) for s, q in zip(subsets, probs)]
+        p = [sum(q for s, q in support if i in s) for i in range(n)]
         weights = torch.tensor(probs, dtype=torch.float64)
-        return cls(n, support, lambda gen: support[int(torch.multinomial(weights, 1, generator=gen))][0], f"{len(subsets)} subsets")
+        return cls(n, p, lambda gen: support[int(torch.multinomial(weights, 1, generator=gen))][0], f"{len(subsets)} subsets", support)
 
     def draw(self, generator: torch.Generator) -> list:
         """One round's participants, ascending."""

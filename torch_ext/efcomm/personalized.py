@@ -18,8 +18,6 @@ used. ``fedavg`` is the same with one shared model and nothing private (Local GD
 """
 import math
 
-import torch
-
 from .problems import Problem, SplitProblem
 from .simkit import Trace, record
 

@@ -76,12 +76,13 @@ def quadratic(L_i: list, d: int = 100, seed: int = 0) -> Problem:
         u[0] = 1.0
         diagonals.append(float(L) * u)
     centers = [torch.randn(d, generator=gen) for _ in range(n)]
+    diagonal_rows, center_rows = torch.stack(diagonals), torch.stack(centers)
 
     def grads(x: Tensor) -> list:
-        return [a * (x - b) for a, b in zip(diagonals, centers)]
+        return list(diagonal_rows * (x - center_rows))
 
     def loss(x: Tensor) -> float:
-        return float(sum(0.5 * torch.dot(a * (x - b), x - b) for a, b in zip(diagonals, centers)) / n)
+        return float((0.5 * diagonal_rows * (x - center_rows) ** 2).sum() / n)
 
     L = float((sum(diagonals) / n).max())
     return Problem("quadratic", n, d, torch.zeros(d), grads, loss, L, [float(v) for v in L_i])
@@ -126,23 +127,26 @@ def logistic_nonconvex(n: int = 10, d: int = 50, m: int = 100, lam: float = 0.1,
     labels = torch.where(features @ teacher + 0.5 * torch.randn(n * m, generator=gen) > 0, 1.0, -1.0)
     order = torch.argsort(labels * 10 + features[:, 0])
     features, labels = features[order], labels[order]
-    chunks = [(features[i * m : (i + 1) * m], labels[i * m : (i + 1) * m]) for i in range(n)]
+    a_all, y_all = features.view(n, m, d), labels.view(n, m)  # worker i's samples: row i
 
-    def local_grad(a: Tensor, y: Tensor, x: Tensor) -> Tensor:
-        margins = y * (a @ x)
-        return -(a * (y * torch.sigmoid(-margins)).unsqueeze(1)).mean(0) + lam * 2 * x / (1 + x * x) ** 2
+    def batch_grads(a: Tensor, y: Tensor, x: Tensor) -> list:
+        """Per worker, the gradient on its samples a [n, b, d], y [n, b] (all workers at once)."""
+        weights = y * torch.sigmoid(-y * (a @ x))
+        return list(-(weights.unsqueeze(1) @ a).squeeze(1) / a.shape[1] + lam * 2 * x / (1 + x * x) ** 2)
 
     def grads(x: Tensor) -> list:
-        return [local_grad(a, y, x) for a, y in chunks]
+        return batch_grads(a_all, y_all, x)
 
     def stochastic_grads(x: Tensor, batch_size: int, generator: torch.Generator) -> list:
-        rows = [torch.randint(0, m, (batch_size,), generator=generator) for _ in chunks]
-        return [local_grad(a[r], y[r], x) for (a, y), r in zip(chunks, rows)]
+        rows = torch.stack([torch.randint(0, m, (batch_size,), generator=generator) for _ in range(n)])
+        picked = torch.gather(a_all, 1, rows.unsqueeze(2).expand(n, batch_size, d))
+        return batch_grads(picked, torch.gather(y_all, 1, rows), x)
 
     def loss(x: Tensor) -> float:
-        data = sum(float(torch.nn.functional.softplus(-y * (a @ x)).mean()) for a, y in chunks) / n
+        data = float(torch.nn.functional.softplus(-y_all * (a_all @ x)).mean())
         return data + lam * float((x * x / (1 + x * x)).sum())
 
+    chunks = list(zip(a_all, y_all))
     L_i = [float(torch.linalg.matrix_norm(a, ord=2) ** 2 / (4 * m) + 2 * lam) for a, _ in chunks]
     L = float(torch.linalg.matrix_norm(features, ord=2) ** 2 / (4 * n * m) + 2 * lam)
     gen_x0 = torch.Generator().manual_seed(seed + 1)
