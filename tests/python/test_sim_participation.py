@@ -78,3 +78,13 @@ def test_ef21_pp_with_everyone_taking_part_is_ef21():
     pp = ef21_pp(problem, TopK(k=2), Sampling.independent([1.0] * 4), steps=200, lr=lr)
     ef21 = sim.simulate(problem, "ef21", TopK(k=2), steps=200, lr=lr)
     assert pp.grad_norm_sq[:150] == pytest.approx(ef21.grad_norm_sq[:150], rel=1e-4)
+
+
+def test_samplings_reject_impossible_distributions():
+    with pytest.raises(ValueError, match=r"every one of the 2 workers needs a participation probability in \(0, 1\]"):
+        Sampling.independent([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"probs \(\[0.5, 0.6\]\) must be one non-negative number per subset, summing to 1"):
+        Sampling.explicit(2, [[0], [1]], [0.5, 0.6])
+    with pytest.raises(ValueError, match=r"tau \(4\) must be in \[1, 3\]"):
+        Sampling.nice(3, 4)
+    assert Sampling.independent([0.5] * 20).support is None  # 2^20 subsets: not listed
