@@ -99,9 +99,9 @@ def personalized(out: Path, scale: float) -> Path:
     problem = shared_representation()
     curves = []
     for k in (1, 5, 20):
-        curves.append((f"personalized, {k} local steps", None, local_training(problem, steps(300, scale), k, 0.05).grad_norm_sq))
+        curves.append((f"personalized, {k} local steps, lr 0.05", None, local_training(problem, steps(300, scale), k, 0.05).grad_norm_sq))
     for k in (1, 4, 8):
-        curves.append((f"one shared model, {k} local steps", None, fedavg(problem.shared, steps(300, scale), k, 0.15).grad_norm_sq))
+        curves.append((f"one shared model, {k} local steps, lr 0.15", None, fedavg(problem.shared, steps(300, scale), k, 0.15).grad_norm_sq))
     return semilogy(out / "personalized.png", "shared representation, 6 workers with different tasks", "round", GRAD, curves)
 
 
