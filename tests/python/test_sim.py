@@ -125,7 +125,7 @@ def test_error_feedback_beats_plain_top1_on_nonconvex_logistic_regression():
     lr = sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
     final = {m: sim.simulate(problem, m, TopK(k=1), steps=400, lr=lr).grad_norm_sq[-1] for m in ("none", "ef", "ef21")}
     start = sim.simulate(problem, "none", TopK(k=1), steps=0, lr=lr).grad_norm_sq[0]
-    # When written: start 0.446; after 600 steps ef21 0.0021, ef 0.0021, none 0.29.
+    # When written: start 0.446; after 400 steps ef21 0.015, ef 0.016, none 0.31.
     assert final["ef21"] < 0.05 * start and final["ef"] < 0.05 * start
     assert final["none"] > 10 * final["ef21"]
 
@@ -194,7 +194,7 @@ def test_clip21_converges_with_messages_bounded_by_tau():
     message a worker sends has norm at most tau."""
     problem = problems.logistic_nonconvex(**LOGISTIC)
     h = sim.simulate(problem, Clip21(tau=0.01), TopK(k=1), steps=600, lr=0.5)
-    # When written: 0.446 -> 1.5e-14.
+    # When written: 0.446 -> 6.9e-15.
     assert h.grad_norm_sq[-1] < 1e-8 * h.grad_norm_sq[0]
     assert h.bits_per_worker[-1] == 600 * 32 * problem.d  # dense float32 messages
     g = problem.grads(problem.x0)[0]
@@ -225,7 +225,7 @@ def test_adacgd_converges_and_adapts_its_messages():
     lr = 4 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
     method = AdaCGD(ratios=(0.05, 0.2, 0.5), zeta=4.0)
     h = sim.simulate(problem, method, TopK(k=1), steps=450, lr=lr)
-    # When written: 399 steps to 1e-6 relative; messages of 29 different per-step sizes.
+    # When written: 399 steps to 1e-6 relative; per-step bits of 18 different sizes.
     assert sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0]) is not None
     per_step = [b - a for a, b in zip(h.bits_per_worker[1:], h.bits_per_worker[2:])]
     assert len({round(b) for b in per_step}) >= 3  # messages of several sizes, and silences

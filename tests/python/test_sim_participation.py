@@ -65,10 +65,10 @@ def test_ef21_pp_reaches_the_exact_solution_where_compressed_sgd_stalls():
     for sampling in (Sampling.independent([1.0] * 4), Sampling.independent([0.25, 0.5, 0.75, 1.0])):
         ef21 = ef21_pp(problem, compressor, sampling, steps=450, lr=lr)
         dcsgd = dcsgd_pp(problem, INDUCED, sampling, steps=450, lr=lr)
-        # When written: ef21-pp 3510 -> 1e-10 relative by step 400 for both samplings.
+        # When written: ef21-pp from 12.0 to 1e-9 relative in 354 (everyone) and 349 rounds.
         assert sim.steps_to_reach(ef21, 1e-9 * ef21.grad_norm_sq[0]) is not None, sampling.description
         floors.append(sum(dcsgd.grad_norm_sq[-150:]) / 150)
-    # When written: the induced compressor's floor 0.076 (everyone), 0.39 (partial).
+    # When written: the induced compressor's floor 0.063 (everyone), 0.35 (partial).
     assert floors[0] > 1e-3 * problem.L and floors[1] > 2 * floors[0]
 
 
