@@ -8,7 +8,11 @@
   x <- x - [mean_i H_i]_mu^{-1} grad f(x), [.]_mu the projection onto {H >= mu I}. With the
   EF21 mechanism it is FedNL, whose authors' code this follows (github.com/Rustem-Islamov/
   FedNL-Public, ``methods.py``, class ``FedNL``, Option 1 with update rule 2: the gradient
-  sent dense, 32 d bits, H_i += C(Hessian_i - H_i), H_i starting at Hessian_i(x_0)).
+  sent dense, 32 d bits, H_i += C(Hessian_i - H_i), H_i starting at Hessian_i(x_0)). The
+  lazy rules are 3PC's LAG and CLAG (arXiv 2202.00998, as efcomm.methods runs them for
+  gradients); adaptive thresholding and Bernoulli aggregation are named in the paper's
+  abstract, and their rules here (``Threshold``, ``Bernoulli``) are our reading of the names:
+  the paper's text was not available to us.
 * ``basis_learn``: BL1 (Qian, Islamov, Safaryan, Richtarik 2021, "Basis Matters: Better
   Communication-Efficient Second Order Methods for Federated Learning", arXiv 2111.01847):
   the same learning of Hessians, in a basis of each worker's own: for a GLM,
