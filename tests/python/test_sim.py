@@ -1,21 +1,42 @@
 """The simulator reproduces known results, through the same method ops as the DDP hook."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import efcomm
 
-from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, problems, sim
+from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, figures, problems, sim
 from efcomm.compressors import Codec
 from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
 
 
-@pytest.mark.parametrize("lr", [0.001, 0.01, 0.05])
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# Smaller than the figures' problems, so that the whole file runs in seconds.
+LOGISTIC = dict(n=5, d=20, m=40)
+HETEROGENEOUS_L = [1.0] * 9 + [100.0]  # L_QM / L_AM = 2.90
+
+
+def ef21_theory_xi(alpha: float) -> float:
+    """sqrt(beta / theta) of EF21's step size (arXiv 2106.05203, Theorem 1)."""
+    root = math.sqrt(1 - alpha)
+    return math.sqrt((1 - alpha) / (1 - root) / (1 - root))
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.1, 1.0])
 def test_counterexample_top1_without_feedback_diverges_for_every_step_size(lr):
     problem = problems.beznosikov_counterexample()
     growth = 1 + 11 * lr / 6
-    steps = math.ceil(math.log(1e4) / math.log(growth))  # enough to grow 1e4-fold
+    steps = max(10, math.ceil(math.log(1e4) / math.log(growth)))  # enough to grow 1e4-fold
     h = sim.simulate(problem, "none", TopK(k=1), steps=steps, lr=lr)
     # Closed form of the paper's example: x_t = (1 + 11 lr / 6)^t x_0 on the diagonal.
     for t in (1, 2, 10):
@@ -26,7 +47,7 @@ def test_counterexample_top1_without_feedback_diverges_for_every_step_size(lr):
 @pytest.mark.parametrize("method", ["ef", "ef21"])
 def test_counterexample_error_feedback_converges(method):
     problem = problems.beznosikov_counterexample()
-    h = sim.simulate(problem, method, TopK(k=1), steps=2000, lr=0.01)
+    h = sim.simulate(problem, method, TopK(k=1), steps=500, lr=0.05)
     assert h.x_norm[-1] < 1e-5 * h.x_norm[0]
     assert h.loss[-1] < 1e-9
 
@@ -38,52 +59,75 @@ def test_counterexample_constants():
     assert problem.L_i == pytest.approx([34.5] * 3, rel=1e-5)
 
 
-def test_ef21w_with_its_step_size_beats_ef21_by_the_predicted_factor():
-    """Richtarik, Gasanov, Burlachenko 2024 (arXiv 2402.10774): EF21-W with weights
-    w_i = L_i / sum L_j takes a step size with the arithmetic mean of the L_i where EF21's
-    original analysis needs their quadratic mean. With strongly heterogeneous L_i it reaches
-    a target in fewer steps, by about L_QM / L_AM."""
-    problem = problems.quadratic([1.0] * 9 + [100.0], d=100)
-    compressor = TopK(k=10)
+def test_ef21w_is_ef21_with_a_positively_homogeneous_compressor():
+    """EF21-W (Richtarik, Gasanov, Burlachenko 2024, arXiv 2402.10774) compresses
+    g_i / (n w_i) - h_i and aggregates sum_i w_i h_i. Top-k is positively homogeneous,
+    TopK(s v) = s TopK(v) for s > 0, so EF21-W's h_i is EF21's h_i / (n w_i) and its
+    iterates are EF21's: at the same step size (the arithmetic-mean one) both take the same
+    steps. The weighting is not what speeds EF21-W up in this setting: the step size is."""
+    problem = problems.quadratic(HETEROGENEOUS_L, d=20)
+    compressor = TopK(k=4)
+    lr = sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
+    ef21 = sim.simulate(problem, "ef21", compressor, steps=260, lr=lr)
+    ef21w = sim.simulate(problem, EF21W.from_smoothness(problem.L_i), compressor, steps=260, lr=lr)
+    reached = sim.steps_to_reach(ef21, 1e-6 * ef21.grad_norm_sq[0])
+    # When written: both 245 steps, trajectories equal to 2e-5 (float32 roundings).
+    assert reached is not None and sim.steps_to_reach(ef21w, 1e-6 * ef21w.grad_norm_sq[0]) == reached
+    assert ef21w.grad_norm_sq[:reached] == pytest.approx(ef21.grad_norm_sq[:reached], rel=1e-4)
+
+
+def test_the_arithmetic_mean_step_size_speeds_ef21_up_by_the_ratio_of_the_step_sizes():
+    """Richtarik, Gasanov, Burlachenko 2024 (arXiv 2402.10774) improve EF21's analysis: its
+    step size 1 / (L + L_tilde xi) may use the arithmetic mean of the L_i for L_tilde where
+    the original analysis (arXiv 2106.05203, Theorem 1) needs their quadratic mean. Plain
+    EF21 at the larger step converges, faster by the ratio of the two step sizes,
+    (L + L_QM xi) / (L + L_AM xi), which is not L_QM / L_AM."""
+    problem = problems.quadratic(HETEROGENEOUS_L, d=20)
+    compressor = TopK(k=4)
     alpha = compressor.alpha(problem.d)
-    predicted = problem.L_qm / problem.L_am
-    assert predicted > 2.5
-    runs = {
-        "ef21": ("ef21", problem.L_qm),
-        "ef21-w": (EF21W.from_smoothness(problem.L_i), problem.L_am),
-    }
+    xi = ef21_theory_xi(alpha)
+    predicted = (problem.L + problem.L_qm * xi) / (problem.L + problem.L_am * xi)
     reached = {}
-    for name, (method, L_tilde) in runs.items():
-        h = sim.simulate(problem, method, compressor, steps=4000, lr=sim.ef21_stepsize(alpha, problem.L, L_tilde))
+    for name, L_tilde, steps in (("am", problem.L_am, 260), ("qm", problem.L_qm, 700)):
+        h = sim.simulate(problem, "ef21", compressor, steps=steps, lr=sim.ef21_stepsize(alpha, problem.L, L_tilde))
         reached[name] = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
         assert reached[name] is not None, name
-    measured = reached["ef21"] / reached["ef21-w"]
-    # When written: 2521 vs 894 steps, 2.82x measured against 2.90x predicted.
-    assert measured == pytest.approx(predicted, rel=0.15)
+    # When written: 674 and 245 steps, 2.75x measured against 2.70x predicted (L_QM / L_AM:
+    # 2.90). On the figure's problem (d = 100, Top-10): 2521 / 894 = 2.82x against 2.80x.
+    assert reached["qm"] / reached["am"] == pytest.approx(predicted, rel=0.05)
+    assert abs(reached["qm"] / reached["am"] - predicted) < abs(reached["qm"] / reached["am"] - problem.L_qm / problem.L_am)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ef21_sgdm_beats_ef21_sgd_with_small_batches(seed):
+NOISY = problems.with_gradient_noise(problems.quadratic([1.0, 1.0, 1.0, 10.0], d=20), sigma=1.0)
+
+
+def noise_floor(method, compressor, lr, steps=1200, tail=400):
+    h = sim.simulate(NOISY, method, compressor, steps=steps, lr=lr, batch_size=1, seed=1)
+    return sum(h.grad_norm_sq[-tail:]) / tail
+
+
+def test_ef21_sgdm_beats_ef21_sgd_with_small_batches():
     """Fatkhullin, Tyurin, Richtarik 2023 (arXiv 2305.15155): EF21 with stochastic gradients
-    needs large batches, EF21-SGDM's momentum does not. Batch size 1, Top-1, equal steps."""
-    problem = problems.logistic_nonconvex()
-    lr = 4 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
-    tail = {}
-    for name, method in (("ef21", "ef21"), ("ef21-sgdm", EF21SGDM(eta=0.1))):
-        h = sim.simulate(problem, method, TopK(k=1), steps=1500, lr=lr, batch_size=1, seed=seed)
-        tail[name] = sum(h.grad_norm_sq[-100:]) / 100
-    # When written (seed 1): ef21 0.135, ef21-sgdm 0.006 (mean of the last 100 steps).
-    assert tail["ef21-sgdm"] < 0.3 * tail["ef21"], tail
+    needs large batches, EF21-SGDM's momentum does not. Stochastic gradients of variance 1,
+    batch size 1, Top-2, both at EF21's theory step. Isolating the cause: eta = 1 is EF21."""
+    compressor = TopK(k=2)
+    lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
+    floors = {name: noise_floor(m, compressor, lr, steps=900, tail=300) for name, m in (("ef21", "ef21"), ("sgdm", EF21SGDM(eta=0.1)))}
+    # When written: ef21 0.41, ef21-sgdm (eta 0.1) 0.077.
+    assert floors["sgdm"] < 0.3 * floors["ef21"]
+    eta_one = sim.simulate(NOISY, EF21SGDM(eta=1.0), compressor, steps=100, lr=lr, batch_size=1, seed=1)
+    ef21 = sim.simulate(NOISY, "ef21", compressor, steps=100, lr=lr, batch_size=1, seed=1)
+    assert eta_one.grad_norm_sq == pytest.approx(ef21.grad_norm_sq, rel=1e-5)
 
 
 def test_error_feedback_beats_plain_top1_on_nonconvex_logistic_regression():
-    problem = problems.logistic_nonconvex()
+    problem = problems.logistic_nonconvex(**LOGISTIC)
     lr = sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
-    final = {m: sim.simulate(problem, m, TopK(k=1), steps=1500, lr=lr).grad_norm_sq[-1] for m in ("none", "ef", "ef21")}
+    final = {m: sim.simulate(problem, m, TopK(k=1), steps=400, lr=lr).grad_norm_sq[-1] for m in ("none", "ef", "ef21")}
     start = sim.simulate(problem, "none", TopK(k=1), steps=0, lr=lr).grad_norm_sq[0]
-    # When written: start 0.598; after 1500 steps ef21 0.031, ef 0.031, none 0.5 or more.
-    assert final["ef21"] < 0.1 * start and final["ef"] < 0.1 * start
-    assert final["none"] > 5 * final["ef21"]
+    # When written: start 0.446; after 400 steps ef21 0.015, ef 0.016, none 0.31.
+    assert final["ef21"] < 0.05 * start and final["ef"] < 0.05 * start
+    assert final["none"] > 10 * final["ef21"]
 
 
 def test_ef21_stepsize_formula():
@@ -115,29 +159,44 @@ def test_simulated_ef21_keeps_the_hook_invariant():
     assert torch.allclose(states[0]["h"], mean_local, atol=1e-5)
 
 
-def test_econtrol_converges_where_ef_stalls_on_heterogeneous_quadratics():
+def test_ef21_family_converges_where_ef_stalls_on_heterogeneous_quadratics():
     """Gao, Islamov, Stich 2023 (arXiv 2311.05645) say classic error feedback needs bounded
     gradients or bounded heterogeneity, and EControl does not. On quadratics with different
-    minimisers and L_i, with the same step size (16x EF21's theory step), EF stops improving
-    while EControl (eta = k/d) converges."""
-    problem = problems.quadratic([1.0] * 9 + [100.0], d=100)
+    minimisers and L_i, at one step size (16x EF21's quadratic-mean theory step), EF stops
+    improving while EControl converges. So does EF21 (EControl with eta = 0): this effect
+    belongs to the EF21 family, not to EControl's feedback term (next test)."""
+    problem = problems.quadratic(HETEROGENEOUS_L, d=20)
     compressor = TopK(k=1)
     lr = 16 * sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_qm)
-    ef = sim.simulate(problem, "ef", compressor, steps=3000, lr=lr).grad_norm_sq
-    econtrol = sim.simulate(problem, EControl(), compressor, steps=3000, lr=lr).grad_norm_sq
-    # When written: start 3510; ef 3.07 at step 1500 and 3.27 at 3000; econtrol 5.5e-5.
-    assert ef[-1] > 1e-4 * ef[0] and ef[-1] > 0.5 * ef[1500]
-    assert econtrol[-1] < 1e-7 * econtrol[0]
+    runs = {name: sim.simulate(problem, m, compressor, steps=600, lr=lr).grad_norm_sq for name, m in (("ef", "ef"), ("econtrol", EControl()), ("ef21", "ef21"))}
+    ef = runs["ef"]
+    # When written: start 1085; ef 0.35 (0.26 at 1200 steps, 0.26 at 2400); econtrol 4.4e-5,
+    # ef21 2.9e-10.
+    assert ef[-1] > 1e-4 * ef[0]
+    assert runs["econtrol"][-1] < 1e-7 * ef[0] and runs["ef21"][-1] < 1e-7 * ef[0]
+    assert ef[-1] > 1e3 * runs["econtrol"][-1]
+
+
+def test_econtrol_controls_the_noise_that_ef21_amplifies():
+    """Where EControl and EF21 differ: stochastic gradients (arXiv 2311.05645: EF21's
+    analysis with stochastic gradients needs large batches; EControl's does not). Variance
+    1, batch size 1, Top-1 of 20, the same step (EF21's theory step): EControl, with its
+    default eta (the compressor's alpha, k/d), settles at a lower ||grad f||^2 than EF21."""
+    compressor = TopK(k=1)
+    lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
+    floors = {name: noise_floor(m, compressor, lr, steps=1500, tail=500) for name, m in (("ef21", "ef21"), ("econtrol", EControl()))}
+    # When written: ef21 0.45, econtrol 0.17.
+    assert floors["econtrol"] < 0.5 * floors["ef21"], floors
 
 
 def test_clip21_converges_with_messages_bounded_by_tau():
     """Khirirat et al. 2023 (arXiv 2305.18929): EF21 with clipping converges, while every
     message a worker sends has norm at most tau."""
-    problem = problems.logistic_nonconvex()
-    h = sim.simulate(problem, Clip21(tau=0.01), TopK(k=1), steps=1500, lr=0.5)
-    # When written: 0.598 -> 1e-14.
+    problem = problems.logistic_nonconvex(**LOGISTIC)
+    h = sim.simulate(problem, Clip21(tau=0.01), TopK(k=1), steps=600, lr=0.5)
+    # When written: 0.446 -> 6.9e-15.
     assert h.grad_norm_sq[-1] < 1e-8 * h.grad_norm_sq[0]
-    assert h.bits_per_worker[-1] == 1500 * 32 * problem.d  # dense float32 messages
+    assert h.bits_per_worker[-1] == 600 * 32 * problem.d  # dense float32 messages
     g = problem.grads(problem.x0)[0]
     codec = Codec(TopK(k=1), problem.d, g.dtype)
     message = Clip21(tau=0.01).encode(g, {"h_local": torch.zeros_like(g)}, codec, sim.Worker(0, 1))
@@ -148,26 +207,25 @@ def test_lag_skips_communication_without_slowing_down():
     """3PC (Richtarik et al. 2022, arXiv 2202.00998): lazy aggregation sends only when the
     local gradient moved enough, reaching the same accuracy with fewer bits than sending
     every step (zeta = 0 is gradient descent with dense messages)."""
-    problem = problems.logistic_nonconvex()
+    problem = problems.logistic_nonconvex(**LOGISTIC)
     lr = 20 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
     reached = {}
     for zeta in (0.0, 16.0):
-        h = sim.simulate(problem, LAG(zeta), TopK(k=1), steps=600, lr=lr)
+        h = sim.simulate(problem, LAG(zeta), TopK(k=1), steps=300, lr=lr)
         step = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
         assert step is not None, zeta
         reached[zeta] = (step, h.bits_per_worker[step])
-    # When written: 210 steps / 342688 bits with zeta 0, 205 steps / 72448 bits with zeta 16.
+    # When written: 79 steps / 53,056 bits with zeta 0, 76 steps / 13,920 bits with zeta 16.
     assert reached[16.0][0] <= 1.1 * reached[0.0][0]
     assert reached[16.0][1] < 0.5 * reached[0.0][1]
 
 
 def test_adacgd_converges_and_adapts_its_messages():
-    problem = problems.logistic_nonconvex()
+    problem = problems.logistic_nonconvex(**LOGISTIC)
     lr = 4 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
-    method = AdaCGD(ratios=(0.02, 0.1, 0.5), zeta=4.0)
-    h = sim.simulate(problem, method, TopK(k=1), steps=1500, lr=lr)
-    # When written: 1054 steps to 1e-6 relative with 643,430 bits per worker (EF21 with
-    # Top-10: 1056 steps, 676,800 bits).
+    method = AdaCGD(ratios=(0.05, 0.2, 0.5), zeta=4.0)
+    h = sim.simulate(problem, method, TopK(k=1), steps=450, lr=lr)
+    # When written: 399 steps to 1e-6 relative; per-step bits of 18 different sizes.
     assert sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0]) is not None
     per_step = [b - a for a, b in zip(h.bits_per_worker[1:], h.bits_per_worker[2:])]
     assert len({round(b) for b in per_step}) >= 3  # messages of several sizes, and silences
@@ -178,13 +236,16 @@ def test_minibatches_need_a_problem_with_data():
         sim.simulate(problems.beznosikov_counterexample(), "ef21", TopK(k=1), steps=1, lr=0.1, batch_size=4)
 
 
-def test_figures_command_writes_pngs(tmp_path):
-    paths = sim.figures(tmp_path, steps=50)
-    assert [p.name for p in paths] == [
-        "counterexample.png", "quadratic_stepsizes.png", "econtrol_vs_ef.png", "logistic_nonconvex.png",
-        "sgdm_small_batches.png", "lag_bits.png", "induced.png", "induced_bits.png", "ef21_compressors.png", "motef.png",
-    ]
-    assert all(p.stat().st_size > 10_000 for p in paths)
+def test_figures_command_writes_pngs(tmp_path, capsys):
+    """Two figures at a tiny scale (drawing all of them takes about a minute); every figure
+    is shown in the README's simulator section."""
+    figures.main(["--out", str(tmp_path), "--scale", "0.01", "--only", "counterexample", "newton"])
+    assert capsys.readouterr().out.split() == ["wrote", str(tmp_path / "counterexample.png"), "wrote", str(tmp_path / "newton.png")]
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("counterexample.png", "newton.png"))
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert [name for name in figures.FIGURES if f"(docs/figures/{name}.png)" not in readme] == []
+    with pytest.raises(ValueError, match=r"unknown figure\(s\) \['nope'\]"):
+        figures.figures(tmp_path, only=["nope"])
 
 
 def test_unbiased_compressors_make_plain_compressed_sgd_converge_on_the_counterexample():
@@ -192,7 +253,7 @@ def test_unbiased_compressors_make_plain_compressed_sgd_converge_on_the_countere
     the compressor induced by Top-k, C(x) = TopK(x) + RandK_unbiased(x - TopK(x)), is unbiased,
     so compressed SGD without error feedback converges where Top-k alone diverges."""
     problem = problems.beznosikov_counterexample()
-    topk = sim.simulate(problem, "none", TopK(k=1), steps=2000, lr=0.01)
+    topk = sim.simulate(problem, "none", TopK(k=1), steps=400, lr=0.05)
     assert topk.x_norm[-1] > 1e6 * topk.x_norm[0]
     for compressor in (
         Induced(TopK(k=1), RandK(k=1, unbiased=True)),
@@ -200,7 +261,7 @@ def test_unbiased_compressors_make_plain_compressed_sgd_converge_on_the_countere
         Natural(block=32),
         QSGD(levels=1, block=32),
     ):
-        h = sim.simulate(problem, "none", compressor, steps=2000, lr=0.01)
+        h = sim.simulate(problem, "none", compressor, steps=400, lr=0.05)
         # When written: 1.73 -> below 1e-10 for each (an interpolating problem: linear rate).
         assert h.x_norm[-1] < 1e-6 * h.x_norm[0], compressor
 
@@ -213,22 +274,20 @@ def test_induced_compressor_needs_fewer_bits_than_rand_k_where_energy_concentrat
     bits than Rand-k alone, each at its best step size of a grid. Both send 320 bits per
     step here: Rand-10 ten values (shared indices), Top-2 + Rand-6 two values and indices,
     then six values. "Reaches" means stays below the target for 200 steps: the induced
-    run is the noisier one."""
+    run is the noisier one. efcomm's Rand-k shares its indices across ranks where the
+    paper's compressors are independent per worker; with one common minimiser neither
+    compressor is noisy at the optimum, so the sharing does not decide this comparison."""
     problem = problems.ill_conditioned_quadratic()
 
-    def bits_to_stay_below(compressor, target=1e-4, window=200):
-        best = math.inf
-        for lr in (0.2, 0.3, 0.5, 0.7):
-            g = sim.simulate(problem, "none", compressor, steps=900, lr=lr)
-            bits = g.bits_per_worker
-            g = g.grad_norm_sq
-            hit = next((t for t in range(len(g) - window) if max(g[t : t + window]) <= target * g[0]), None)
-            if hit is not None:
-                best = min(best, bits[hit])
-        return best
+    def bits_to_stay_below(compressor, lr, target=1e-4, window=200):
+        h = sim.simulate(problem, "none", compressor, steps=650, lr=lr)
+        g = h.grad_norm_sq
+        hit = next((t for t in range(len(g) - window) if max(g[t : t + window]) <= target * g[0]), None)
+        return math.inf if hit is None else h.bits_per_worker[hit]
 
-    rand = bits_to_stay_below(RandK(k=10, unbiased=True))
-    induced = bits_to_stay_below(Induced(TopK(k=2), RandK(k=6, unbiased=True)))
+    # each at its best step of the grid (0.2, 0.3, 0.5, 0.7), found when written
+    rand = bits_to_stay_below(RandK(k=10, unbiased=True), lr=0.2)
+    induced = bits_to_stay_below(Induced(TopK(k=2), RandK(k=6, unbiased=True)), lr=0.5)
     # When written: Rand-10 142,720 bits (lr 0.2), induced 106,240 (lr 0.5): 1.34x fewer.
     assert induced * 1.2 < rand < math.inf
 
@@ -236,34 +295,49 @@ def test_induced_compressor_needs_fewer_bits_than_rand_k_where_energy_concentrat
 def test_ef21_converges_with_every_contractive_compressor():
     """EF21's guarantee needs only a contractive C: every one of them drives the gradient of
     the non-convex logistic problem (d = 50) to zero."""
-    problem = problems.logistic_nonconvex()
+    problem = problems.logistic_nonconvex(**LOGISTIC)
     compressors = (
-        RandK(k=10), RandK(k=10, window=True), ScaledSign(block=32), Natural(block=32), Int8(block=32),
-        FP8(block=32), QSGD(levels=1, block=32).scaled(), Induced(TopK(k=5), RandK(k=10, unbiased=True)).scaled(),
+        RandK(k=4), RandK(k=4, window=True), ScaledSign(block=32), Natural(block=32), Int8(block=32),
+        FP8(block=32), QSGD(levels=1, block=32).scaled(), Induced(TopK(k=2), RandK(k=4, unbiased=True)).scaled(),
     )
     for compressor in compressors:
-        h = sim.simulate(problem, "ef21", compressor, steps=1500, lr=0.5)
-        # When written: 0.598 -> between 6e-15 and 1.4e-13 (relative) for each.
-        assert h.grad_norm_sq[-1] < 1e-10 * h.grad_norm_sq[0], compressor
+        h = sim.simulate(problem, "ef21", compressor, steps=200, lr=0.5)
+        # When written: 0.446 -> between 2e-14 and 4e-10 (relative) for each.
+        assert h.grad_norm_sq[-1] < 1e-8 * h.grad_norm_sq[0], compressor
 
 
 def test_motef_converges_under_heterogeneity_where_ef_stalls():
     """Islamov, Gao, Stich 2024 (arXiv 2405.20114): MoTEF needs no bound on data
-    heterogeneity. On the heterogeneous quadratics with Top-10 and one step size, the
+    heterogeneity. On the heterogeneous quadratics with Top-2 of 20 and one step size, the
     paper's form converges (its average iterate) and the workers' iterates reach consensus;
     the shared-iterate form the hook runs converges too; classic EF stalls."""
-    problem = problems.quadratic([1.0] * 9 + [100.0], d=100)
-    paper = sim.simulate(problem, MoTEF(gamma=0.2, per_worker=True), TopK(k=10), steps=2000, lr=0.01)
-    shared = sim.simulate(problem, MoTEF(gamma=0.1), TopK(k=10), steps=2000, lr=0.01)
-    ef = sim.simulate(problem, "ef", TopK(k=10), steps=2000, lr=0.01)
-    # When written: from 3510, paper 7.5e-7 (consensus 7.7e-7), shared 8.5e-7, ef 0.46.
+    problem = problems.quadratic(HETEROGENEOUS_L, d=20)
+    paper = sim.simulate(problem, MoTEF(gamma=0.2, per_worker=True), TopK(k=2), steps=500, lr=0.01)
+    shared = sim.simulate(problem, MoTEF(gamma=0.1), TopK(k=2), steps=500, lr=0.01)
+    ef = sim.simulate(problem, "ef", TopK(k=2), steps=500, lr=0.01)
+    # When written: from 1085, paper 1.0e-6 (consensus 2.1e-5), shared 8.8e-7, ef 0.11.
     assert paper.grad_norm_sq[-1] < 1e-8 * paper.grad_norm_sq[0]
     assert paper.consensus[-1] < 1e-4
     assert shared.grad_norm_sq[-1] < 1e-8 * shared.grad_norm_sq[0]
     assert ef.grad_norm_sq[-1] > 1e-2
-    assert paper.bits_per_worker[-1] == 2000 * 2 * 8 * 80  # two Top-10 messages per step
-    # one dense start (100 floats), then one Top-10 message per step
-    assert shared.bits_per_worker[-1] == 100 * 32 + 1999 * 8 * 80
+    assert paper.bits_per_worker[-1] == 500 * 2 * 8 * 16  # two Top-2 messages per step
+    # one dense start (20 floats), then one Top-2 message per step
+    assert shared.bits_per_worker[-1] == 20 * 32 + 499 * 8 * 16
+
+
+def test_motef_momentum_lowers_the_noise_floor():
+    """MoTEF's momentum with stochastic gradients (arXiv 2405.20114; the authors' momentum
+    experiment, github.com/mlolab/MoTEF synthetic/experiments/momentum.py, sweeps lambda over
+    1, 0.5, 0.05, 0.005 with gamma 0.1). Batch size 1, variance 1, Top-2, EF21's theory step:
+    with lambda 0.05 MoTEF settles far below EF21; with lambda 1 (no momentum) it does not,
+    so the gain is the momentum's."""
+    compressor = TopK(k=2)
+    lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
+    runs = (("ef21", "ef21"), ("momentum", MoTEF(gamma=0.1, lam=0.05)), ("none", MoTEF(gamma=0.1, lam=1.0)))
+    floors = {name: noise_floor(m, compressor, lr, steps=900, tail=300) for name, m in runs}
+    # When written: ef21 0.41, MoTEF lambda 0.05 0.066, lambda 1 0.74.
+    assert floors["momentum"] < 0.3 * floors["ef21"]
+    assert floors["none"] > 0.5 * floors["ef21"]
 
 
 def test_motef_shared_form_with_identity_is_momentum_sgd():

@@ -1,0 +1,200 @@
+"""The wire model: at which world sizes and link speeds does a compressed exchange beat
+DDP's dense all-reduce?
+
+It turns a step time measured at world size 1 (where the collective is nearly free, so the
+difference between two hooks is their own compute) into a predicted step time at world size
+n over a link of bandwidth B (bytes per second, per rank and direction), for the two
+collectives the hooks use, both as NCCL's bandwidth-optimal ring algorithms:
+
+    all-reduce of P bytes per rank (DDP, fp16, bf16, PowerSGD):  each rank sends 2 (n-1)/n * P
+    all-gather of an M-byte message per rank (efcomm):           each rank sends (n-1) * M
+
+    predicted step = measured step (world size 1) + bytes each rank sends / B
+
+The dense baseline is DDP's all-reduce of the whole gradient (P = D, its measured step T0); a
+hook h with measured step T_h and link bytes L_h beats it where T_h + L_h / B < T0 + L_D / B,
+so the two are equal at the break-even bandwidth
+
+    B* = (L_D - L_h) / (T_h - T0)
+
+and h wins below B* when it both saves bytes and costs compute (the usual case), at every
+bandwidth when it saves bytes at no cost, never when it sends more at a cost, and above B*
+when it sends more but computes less (see :func:`break_even`).
+
+Assumptions, stated so that a reader can weigh the numbers:
+  - no overlap: the whole communication time adds to the step (DDP in fact overlaps each
+    bucket's collective with the rest of the backward pass, which hides more of the dense
+    all-reduce than of a smaller exchange, so this model favours compression);
+  - bandwidth only: no per-message latency term (a ring's 2 (n-1) or (n-1) steps of a few
+    microseconds each), no congestion, every rank on a link of bandwidth B, each link at its
+    quoted figure (NVLink's 900 GB/s counts both directions together);
+  - every byte efcomm reports (``state.stats.bytes_sent``) is all-gathered; its buckets that
+    are too small to compress are all-reduced, which for n >= 2 sends fewer bytes
+    (2 (n-1)/n <= n-1), so the efcomm prediction is an upper bound;
+  - the measured world-size-1 step includes DDP's (nearly free) one-rank collective.
+
+    python -m efcomm.wire_model results/bench_ddp.json      # the tables, from a benchmark's JSON
+"""
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+ALL_REDUCE = "all_reduce"
+ALL_GATHER = "all_gather"
+COLLECTIVES = (ALL_REDUCE, ALL_GATHER)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network link: a name and its bandwidth in bytes per second."""
+
+    name: str
+    bandwidth: float
+
+
+LINKS = (
+    Link("NVLink 900GB/s", 900e9),
+    Link("IB 400Gb/s", 400e9 / 8),
+    Link("Eth 100Gb/s", 100e9 / 8),
+    Link("Eth 25Gb/s", 25e9 / 8),
+)
+WORLD_SIZES = (8, 64, 512)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One hook as measured at world size 1: its collective, this rank's payload per step
+    (the all-reduced buffer, or the all-gathered message) and the median step time."""
+
+    name: str
+    collective: str
+    bytes_per_step: float
+    step_seconds: float
+
+    def __post_init__(self):
+        if self.collective not in COLLECTIVES:
+            raise ValueError(f"wire_model: collective ({self.collective!r}) must be one of {COLLECTIVES}")
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Where a hook's predicted step equals the dense one: ``wins`` is "below" or "above"
+    ``bandwidth`` (bytes per second), or "always" / "never" (``bandwidth`` None)."""
+
+    wins: str
+    bandwidth: Optional[float] = None
+
+    def describe(self) -> str:
+        if self.bandwidth is None:
+            return self.wins
+        gbps = self.bandwidth * 8 / 1e9
+        return f"{self.wins} {gbps:,.0f} Gb/s" if gbps >= 100 else f"{self.wins} {gbps:.3g} Gb/s"
+
+
+def link_bytes(collective: str, payload: float, world: int) -> float:
+    """Bytes each rank sends on its link in one ring collective of ``payload`` bytes per rank."""
+    if world < 1:
+        raise ValueError(f"wire_model: world ({world}) must be at least 1")
+    if collective == ALL_REDUCE:
+        return 2 * (world - 1) / world * payload
+    if collective == ALL_GATHER:
+        return (world - 1) * payload
+    raise ValueError(f"wire_model: collective ({collective!r}) must be one of {COLLECTIVES}")
+
+
+def communication_seconds(exchange: Exchange, world: int, bandwidth: float) -> float:
+    """Time on a link of ``bandwidth`` bytes per second for one step's exchange."""
+    if bandwidth <= 0:
+        raise ValueError(f"wire_model: bandwidth ({bandwidth}) must be positive")
+    return link_bytes(exchange.collective, exchange.bytes_per_step, world) / bandwidth
+
+
+def predicted_step_seconds(exchange: Exchange, world: int, bandwidth: float) -> float:
+    """Measured step time plus the communication, with no overlap."""
+    return exchange.step_seconds + communication_seconds(exchange, world, bandwidth)
+
+
+def break_even(hook: Exchange, dense: Exchange, world: int) -> BreakEven:
+    """Where ``hook`` and ``dense`` predict the same step time: B* = saved bytes / extra time."""
+    saved = link_bytes(dense.collective, dense.bytes_per_step, world) - link_bytes(
+        hook.collective, hook.bytes_per_step, world
+    )
+    extra = hook.step_seconds - dense.step_seconds
+    # hook wins where saved / B > extra, for B in (0, inf)
+    if saved > 0:
+        return BreakEven("below", saved / extra) if extra > 0 else BreakEven("always")
+    if saved < 0:
+        return BreakEven("above", saved / extra) if extra < 0 else BreakEven("never")
+    return BreakEven("always") if extra < 0 else BreakEven("never")
+
+
+def rows(dense: Exchange, hooks: list, worlds=WORLD_SIZES, links=LINKS) -> list[dict]:
+    """One row per (world size, hook), the dense baseline first: predicted step time per link
+    and the break-even bandwidth against the dense all-reduce."""
+    out = []
+    for world in worlds:
+        for hook in [dense] + [h for h in hooks if h is not dense]:
+            row = {"world": world, "hook": hook.name, "collective": hook.collective,
+                   "link_bytes": link_bytes(hook.collective, hook.bytes_per_step, world),
+                   "predicted_s": {link.name: predicted_step_seconds(hook, world, link.bandwidth) for link in links}}
+            if hook is not dense:
+                be = break_even(hook, dense, world)
+                row["wins"], row["break_even_bandwidth"] = be.wins, be.bandwidth
+            out.append(row)
+    return out
+
+
+def format_rows(title: str, table: list[dict], links=LINKS) -> str:
+    """The rows of :func:`rows` as text, one block per world size."""
+    width = max(len(r["hook"]) for r in table) + 2
+    lines = []
+    for world in sorted({r["world"] for r in table}):
+        lines.append(f"{title}, n = {world} ranks: predicted step time, ms (measured step + communication, no overlap)")
+        lines.append(f"{'hook':<{width}}" + "".join(f"{link.name:>16}" for link in links) + "   faster than dense all-reduce")
+        for r in (r for r in table if r["world"] == world):
+            be = "(baseline)" if "wins" not in r else BreakEven(r["wins"], r["break_even_bandwidth"]).describe()
+            times = "".join(f"{r['predicted_s'][link.name] * 1e3:>16,.1f}" for link in links)
+            lines.append(f"{r['hook']:<{width}}{times}   {be}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def exchanges_from_results(model: dict) -> tuple[Exchange, list]:
+    """(dense baseline, the other hooks) from one model entry of bench_ddp.py's JSON."""
+    measured = [Exchange(h["name"], h["collective"], h["bytes_per_step"], h["median_s"]) for h in model["hooks"]]
+    dense = [e for e in measured if e.name == "allreduce"]
+    if not dense:
+        raise ValueError(f"wire_model: model {model['name']!r} has no 'allreduce' measurement to compare with")
+    return dense[0], [e for e in measured if e is not dense[0]]
+
+
+def report(results: dict, worlds=WORLD_SIZES, links=LINKS) -> tuple[str, list]:
+    """The wire model's text and rows for every model of a bench_ddp.py result."""
+    text, table = [], []
+    for model in results["models"]:
+        dense, hooks = exchanges_from_results(model)
+        model_rows = rows(dense, hooks, worlds, links)
+        for r in model_rows:
+            r["model"] = model["name"]
+        table += model_rows
+        text.append(format_rows(f"wire model, {model['name']} ({dense.bytes_per_step / 1e6:,.1f} MB gradient, "
+                                f"measured step {dense.step_seconds * 1e3:,.1f} ms)", model_rows, links))
+    return "\n".join(text), table
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="the JSON file written by benchmarks/bench_ddp.py")
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=list(WORLD_SIZES))
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.world_sizes):
+        parser.error(f"argument --world-sizes: every world size must be at least 1, got {args.world_sizes}")
+    with open(args.results) as f:
+        results = json.load(f)
+    text, _ = report(results, args.world_sizes)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
