@@ -50,49 +50,86 @@ def demo_compressor(name: str, ratio: float, method: str):
     return compressor
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world-size", type=int, default=4, help="number of ranks (capped at the GPU count with NCCL)")
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--ratio", type=float, default=0.1, help="k/d per bucket for topk and randk")
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1]; got {text}")
+    return value
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive; got {text}")
+        return value
+
+    return parse
+
+
+# The methods that take no compressor: what their messages are, for the results table.
+NO_COMPRESSOR = {
+    "lag": "dense differences, when triggered",
+    "clip21": "dense, clipped",
+    "adacgd": "its own Top-k ladder",
+}
+
+
+def run_label(method: str, compressor: str, ratio: float) -> str:
+    """The results table's name of the compressed run: what it sends."""
+    if method in NO_COMPRESSOR:
+        return f"{method} ({NO_COMPRESSOR[method]})"
+    return f"{method} + {compressor}" + (f" {ratio:g}" if compressor in ("topk", "randk") else "")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, checked before any process starts (usage errors exit with status 2)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m efcomm.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--world-size", type=_positive(int), default=4,
+                        help="number of ranks (capped at the GPU count with NCCL)")
+    parser.add_argument("--steps", type=_positive(int), default=500)
+    parser.add_argument("--ratio", type=_ratio, default=0.1, help="k/d per bucket for topk and randk, in (0, 1]")
     parser.add_argument("--method", default="ef21", choices=sorted(m for m in METHODS if m != "ef21-w"),
                         help="the error-feedback method of the compressed run")
     parser.add_argument("--compressor", default="topk", choices=sorted(DEMO_COMPRESSORS),
-                        help="the compressor of the compressed run (unbiased ones are scaled for the EF methods)")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+                        help="the compressor of the compressed run (unbiased ones are scaled for the EF methods; "
+                             "lag, clip21 and adacgd take none)")
+    parser.add_argument("--lr", type=_positive(float), default=TrainConfig.lr)
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     args = parser.parse_args(argv)
+    if args.backend == "auto":
+        args.backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if args.backend == "nccl":
+        devices = torch.cuda.device_count()
+        if devices == 0:
+            parser.error("--backend nccl needs CUDA devices and this machine has none; use --backend gloo")
+        if args.world_size > devices:
+            print(f"--world-size {args.world_size} capped at the {devices} GPU(s) of this machine (one rank per GPU)")
+            args.world_size = devices
+    args.compressor_obj = demo_compressor(args.compressor, args.ratio, args.method)
+    EFState(args.method, args.compressor_obj, allow_biased=args.method == "none")  # any other bad combination
+    return args
 
-    backend = args.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    world_size = args.world_size
-    if backend == "nccl":
-        world_size = min(world_size, torch.cuda.device_count())
-    if world_size < 1:
-        parser.error(f"--world-size ({args.world_size}) must be at least 1")
-    compressor = demo_compressor(args.compressor, args.ratio, args.method)  # validates before any process starts
-    EFState(args.method, compressor, allow_biased=args.method == "none")
-    base = TrainConfig(steps=args.steps, ratio=args.ratio, lr=args.lr, backend=backend, progress=True)
-    print(f"efcomm demo: {world_size} ranks over {backend}, {args.steps} steps, {args.method} + {compressor!r}")
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    world_size, compressor = args.world_size, args.compressor_obj
+    base = TrainConfig(steps=args.steps, ratio=args.ratio, lr=args.lr, backend=args.backend, progress=True)
+    label = run_label(args.method, args.compressor, args.ratio)
+    print(f"efcomm demo: {world_size} ranks over {args.backend}, {args.steps} steps, {label}")
     dense = run(replace(base, method="dense"), world_size)[0]
     compressed = replace(base, method=args.method, compressor=compressor)
     if args.method in ("ef21-sgdm", "motef"):
         # The method keeps its own momentum: plain SGD with the same effective step.
         compressed = replace(compressed, momentum=0.0, lr=base.lr / (1.0 - base.momentum))
         print(f"{args.method} keeps its own momentum: its run uses SGD without momentum, lr {compressed.lr:g}")
-    ef21 = run(compressed, world_size)[0]
-
-    dense_bytes = ef21["dense_bytes"]
+    result = run(compressed, world_size)[0]
+    dense_bytes, sent = result["dense_bytes"], result["bytes_sent"]
     rows = [
         ("dense all-reduce", f"{dense['train_loss']:.4f}", f"{dense['test_accuracy']:.2%}", f"{dense_bytes:,}", "1.0x"),
-        (
-            f"{args.method} + {args.compressor}" + (f" {args.ratio:g}" if args.compressor in ("topk", "randk") else ""),
-            f"{ef21['train_loss']:.4f}",
-            f"{ef21['test_accuracy']:.2%}",
-            f"{ef21['bytes_sent']:,}",
-            f"{dense_bytes / ef21['bytes_sent']:.1f}x",
-        ),
+        (label, f"{result['train_loss']:.4f}", f"{result['test_accuracy']:.2%}", f"{sent:,}", f"{dense_bytes / sent:.1f}x"),
     ]
     print(_table(rows))
 
