@@ -3,6 +3,7 @@
 Starting processes is what makes these tests slow, so one launch runs many scenarios in a
 row (``scenarios_worker``), each with a fresh model, DDP wrapper and efcomm state on the
 same process group, and saves every scenario's results."""
+import copy
 import gc
 import os
 import socket
@@ -405,3 +406,45 @@ def run_launches(directory: str) -> dict:
         results[name] = spawn(scenarios_worker, world, names, ctx)
         saved_world = world
     return results
+
+
+def hierarchy_worker(rank, world_size, init_method, result_dir):
+    """EF21 + Top-10% through hierarchies, on 8 ranks: each half (ranks 0-3 and 4-7) as 2
+    nodes of 2, then all 8 as 2 nodes of 4. Each run takes 6 steps; then a new DDP model and
+    state load the checkpoint of step 3 and run steps 3 to 6 again."""
+    from efcomm.hierarchy import Hierarchy
+
+    _join_group(rank, world_size, init_method)
+    # Every rank creates every group, in one order (torch.distributed.new_group's rule).
+    half, _ = dist.new_subgroups_by_enumeration([[0, 1, 2, 3], [4, 5, 6, 7]])
+    pairs, _ = dist.new_subgroups_by_enumeration([[0, 1], [2, 3], [4, 5], [6, 7]])
+    peers, _ = dist.new_subgroups_by_enumeration([[0, 2], [1, 3], [4, 6], [5, 7]])
+
+    def run(local, group, hierarchy):
+        def make():
+            model = _mlp()
+            ddp = DistributedDataParallel(model, process_group=group)
+            state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32, hierarchy=hierarchy)
+            return model, ddp, state, torch.optim.SGD(ddp.parameters(), lr=0.05)
+
+        model, ddp, state, opt = make()
+        _train_fixed(ddp, opt, rank, 0, 3)
+        saved = copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()})
+        _train_fixed(ddp, opt, rank, 3, 3)
+        out = {"local": local, "params": _flat_params(model), "state": state.state_dict(),
+               "stats": state.stats.state_dict()}
+        del model, ddp, state, opt
+        gc.collect()
+        model, ddp, state, opt = make()
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state.load_state_dict(saved["ef_state"])
+        _train_fixed(ddp, opt, rank, 3, 3)
+        out["resumed_params"] = _flat_params(model)
+        return out
+
+    results = {"2x2": run(2, half, Hierarchy(2, pairs, peers))}
+    dist.barrier()
+    results["2x4"] = run(4, None, 4)
+    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()

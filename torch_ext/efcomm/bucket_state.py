@@ -93,7 +93,9 @@ def as_signature(saved) -> tuple:
 
 
 def _named(signature: tuple) -> bool:
-    return bool(signature[2]) and all(name for name, _ in signature[2])
+    """Whether a layout is made of named parameters (a hierarchy's shard is not: its state
+    cannot follow parameters into another layout)."""
+    return bool(signature[2]) and all(name and not name.startswith("#") for name, _ in signature[2])
 
 
 def covering_states(sources: list, signature: tuple) -> Optional[list]:

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .engine import BucketInput, bucket_step
+from .hierarchy import Hierarchy, hierarchical_step
 from .methods import Worker
 from .state import EFState
 from .transport import InProcessTransport
@@ -26,14 +27,24 @@ class Cluster:
         configs = {repr(s.config()) for s in states}
         if len(configs) != 1:
             raise ValueError(f"Cluster: the ranks' configurations differ: {sorted(configs)}")
-        for s in states:
-            s.method_impl.check_world(len(states))
+        if states[0].hierarchy is not None:
+            states[0].hierarchy.check(len(states))
+        else:
+            for s in states:
+                s.method_impl.check_world(len(states))
         self.states = states
-        self.transport = InProcessTransport()
+        hierarchy = states[0].hierarchy
+        self.local_size = None if hierarchy is None else hierarchy.local_size
+        self.transport = InProcessTransport(self.local_size)
 
     @classmethod
     def create(cls, world: int, method="ef21", compressor=None, **options) -> "Cluster":
-        return cls([EFState(method, compressor, **options) for _ in range(world)])
+        """``world`` ranks of one configuration; ``hierarchy=L``: nodes of L ranks."""
+        local_size = options.pop("hierarchy", None)
+        return cls([
+            EFState(method, compressor, hierarchy=None if local_size is None else Hierarchy(local_size), **options)
+            for _ in range(world)
+        ])
 
     @property
     def world(self) -> int:
@@ -50,10 +61,10 @@ class Cluster:
                 s.join_group(self.world, rank, summaries)
         if signature is None:
             signature = flat_signature(grads[0].numel(), grads[0].dtype)
-        steps = [
-            bucket_step(state, BucketInput(g, signature, Worker(rank, self.world), g.numel() * g.element_size(), last))
-            for rank, (state, g) in enumerate(zip(self.states, grads))
-        ]
+        steps = []
+        for rank, (state, g) in enumerate(zip(self.states, grads)):
+            bucket = BucketInput(g, signature, Worker(rank, self.world), g.numel() * g.element_size(), last)
+            steps.append(bucket_step(state, bucket) if self.local_size is None else hierarchical_step(state, bucket, self.local_size))
         return self.transport.run(steps)
 
     def step(self, buckets: list) -> list:

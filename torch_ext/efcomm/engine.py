@@ -34,6 +34,11 @@ from .methods import Worker
 # ---- the exchanges a step asks for ------------------------------------------------------
 
 
+# Every exchange names its group: "flat" (the state's whole process group), or, with a
+# hierarchy (efcomm.hierarchy), "intra" (the ranks of this node) or "inter" (the ranks of
+# the other nodes with this rank's local rank).
+
+
 @dataclass
 class AllGather:
     """Every rank's fixed-size uint8 message; the result is a [world, nbytes] uint8 tensor
@@ -41,6 +46,7 @@ class AllGather:
 
     message: Tensor
     final: bool = True
+    group: str = "flat"
 
 
 @dataclass
@@ -50,6 +56,7 @@ class AllReduceSum:
 
     tensor: Tensor
     final: bool = True
+    group: str = "flat"
 
 
 @dataclass
@@ -59,6 +66,7 @@ class GatherChoices:
 
     values: Tensor
     final: bool = False
+    group: str = "flat"
 
 
 @dataclass
@@ -70,6 +78,26 @@ class Broadcasts:
     senders: list
     rows: list
     final: bool = True
+    group: str = "flat"
+
+
+@dataclass
+class ReduceScatter:
+    """The sum over ranks of ``tensor`` (world * shard entries), cut in world shards: the
+    result is this rank's shard (its rank's slice of the sum)."""
+
+    tensor: Tensor
+    final: bool = False
+    group: str = "flat"
+
+
+@dataclass
+class AllGatherShards:
+    """Every rank's ``shard``, concatenated in rank order (the result)."""
+
+    shard: Tensor
+    final: bool = True
+    group: str = "flat"
 
 
 Step = Generator[object, object, Tensor]
@@ -84,6 +112,7 @@ class BucketInput:
     worker: Worker
     dense_bytes: int  # what DDP's own all-reduce of the bucket would send
     last: bool  # the last bucket of the step
+    group: str = "flat"  # the group its exchanges go over (the statistics count bytes by group)
 
 
 # ---- the step -----------------------------------------------------------------------------
@@ -168,7 +197,7 @@ def _compressed_step(state, segments: list, bucket: BucketInput) -> Step:
         codecs.append(_begin(state, segment, g_segment, worker))
         messages.append(method.encode(g_segment, segment.tensors, codecs[-1], worker))
     message = messages[0] if len(messages) == 1 else torch.cat(messages)
-    state.stats.record(message.numel(), bucket.dense_bytes, bucket.last)
+    state.stats.record(message.numel(), bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     rows = yield AllGather(message)
     outs, offset = [], 0
@@ -227,7 +256,7 @@ def _lazy_step(state, segments: list, bucket: BucketInput) -> Step:
                 sent_bytes += size
             senders.append(rank)
             rows.append(message if rank == worker.rank else torch.empty(size, dtype=torch.uint8, device=bucket.g.device))
-    state.stats.record(sent_bytes, bucket.dense_bytes, bucket.last)
+    state.stats.record(sent_bytes, bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     if senders:
         rows = yield Broadcasts(senders, rows)
@@ -255,7 +284,7 @@ def _initialise(state, k: int, bucket: BucketInput) -> Step:
     state._created.add(bucket.signature)
     state._touched.add(bucket.signature)
     state.stats.initialisations += 1
-    state.stats.record(h.numel() * h.element_size(), bucket.dense_bytes, bucket.last)
+    state.stats.record(h.numel() * h.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     h = yield AllReduceSum(h)
     bucket_state.nonfinite = nonfinite(h)
@@ -266,7 +295,7 @@ def _dense_mean(state, bucket: BucketInput) -> Step:
     """Plain averaging for buckets too small to compress (in place on the bucket, as
     PyTorch's allreduce_hook does)."""
     reduced = bucket.g.div_(bucket.worker.world)
-    state.stats.record(reduced.numel() * reduced.element_size(), bucket.dense_bytes, bucket.last)
+    state.stats.record(reduced.numel() * reduced.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     return (yield AllReduceSum(reduced))
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .compressors import Compressor
 from .engine import BucketInput, bucket_step
+from .hierarchy import hierarchical_step, make_hierarchy
 from .methods import Worker
 from .state import EFState
 from .transport import DDPTransport
@@ -30,23 +31,24 @@ def ef_hook(state: EFState, bucket: dist.GradBucket) -> torch.futures.Future[Ten
         check_agreement(state)
     dtype = state.state_dtype or buffer.dtype
     g = buffer if dtype == buffer.dtype else buffer.to(dtype)
-    step = bucket_step(
-        state,
-        BucketInput(
-            g,
-            state.bucket_signature(bucket, dtype),
-            Worker(dist.get_rank(group), world),
-            dense_bytes=buffer.numel() * buffer.element_size(),
-            last=bucket.is_last(),
-        ),
+    bucket_input = BucketInput(
+        g,
+        state.bucket_signature(bucket, dtype),
+        Worker(dist.get_rank(group), world),
+        dense_bytes=buffer.numel() * buffer.element_size(),
+        last=bucket.is_last(),
     )
+    if state.hierarchy is None:
+        step = bucket_step(state, bucket_input)
+    else:
+        step = hierarchical_step(state, bucket_input, state.hierarchy.local_size)
 
     def finish(out: Tensor) -> Tensor:
         if out is not buffer:
             buffer.copy_(out)
         return buffer
 
-    return DDPTransport(group).run(step, finish)
+    return DDPTransport(group, state.hierarchy).run(step, finish)
 
 
 def check_agreement(state: EFState) -> None:
@@ -70,7 +72,9 @@ def register(
     """Creates an :class:`EFState` for ``ddp_model`` and registers :func:`ef_hook` on it.
 
     ``options`` are passed to :class:`EFState` (``min_compress_numel``, ``state_dtype``,
-    ``allow_biased``, ``seed``).
+    ``allow_biased``, ``seed``), except ``hierarchy``: None (flat), the number of ranks per
+    node, or "auto" (torchrun's LOCAL_WORLD_SIZE); its process groups are created here, so
+    every rank must call ``register`` (efcomm.hierarchy).
     DDP's own ``mixed_precision`` (which installs a hook of its own) is rejected.
     """
     if not isinstance(ddp_model, torch.nn.parallel.DistributedDataParallel):
@@ -80,12 +84,8 @@ def register(
     if getattr(ddp_model, "_use_python_reducer", False):
         raise ValueError("efcomm.register: the compiled python-reducer mode of DDP is not supported")
     names = {id(p): name for name, p in ddp_model.module.named_parameters()}
-    state = EFState(
-        method,
-        compressor,
-        process_group if process_group is not None else ddp_model.process_group,
-        param_names=names,
-        **options,
-    )
+    group = process_group if process_group is not None else ddp_model.process_group
+    options["hierarchy"] = make_hierarchy(options.get("hierarchy"), group)
+    state = EFState(method, compressor, group, param_names=names, **options)
     ddp_model.register_comm_hook(state, ef_hook)
     return state

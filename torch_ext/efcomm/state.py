@@ -13,6 +13,7 @@ import torch.distributed as dist
 from . import ops
 from .bucket_state import BucketState, as_signature
 from .compressors import Codec, Compressor, Context, TopK
+from .hierarchy import Hierarchy, agreement_key
 from .methods import make_method
 from .stats import CommStats
 
@@ -45,6 +46,9 @@ class EFState:
             a compressor on small problems).
         seed: keys every random choice (Rand-k indices, stochastic rounding); the same on
             every rank (checked).
+        hierarchy: None (one flat exchange over the group), or an
+            :class:`efcomm.hierarchy.Hierarchy` (compressed messages between nodes only; see
+            efcomm.hierarchy; ``efcomm.register`` builds it from ``hierarchy=L`` or "auto").
 
     Picklable (the process group and parameter names are dropped: register the unpickled
     state with :func:`efcomm.register` or pass ``param_names`` again), with ``state_dict`` /
@@ -63,6 +67,7 @@ class EFState:
         allow_biased: bool = False,
         always_compress: bool = False,
         seed: int = 0,
+        hierarchy: Optional[Hierarchy] = None,
     ) -> None:
         self.method_impl = make_method(method)
         if self.method_impl.per_worker_iterates:
@@ -80,6 +85,9 @@ class EFState:
         if not (isinstance(seed, int) and not isinstance(seed, bool) and -(2**63) <= seed < 2**63):
             raise ValueError(f"efcomm: seed ({seed!r}) must be an int that fits 64 bits")
         self.seed = seed
+        if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+            raise TypeError(f"efcomm: hierarchy ({hierarchy!r}) must be None or an efcomm.hierarchy.Hierarchy")
+        self.hierarchy = hierarchy
         self.method = self.method_impl.name
         self.allow_biased = allow_biased
         self.always_compress = bool(always_compress)
@@ -108,6 +116,7 @@ class EFState:
             "min_compress_numel": self.min_compress_numel,
             "state_dtype": str(self.state_dtype),
             "seed": self.seed,
+            "hierarchy": None if self.hierarchy is None else self.hierarchy.local_size,
         }
 
     def compresses(self, numel: int, dtype: torch.dtype) -> bool:
@@ -195,7 +204,7 @@ class EFState:
     def agreement_summary(self) -> dict:
         """What ranks must agree on before their first exchange (after a load too): the
         configuration, and the buckets they loaded with their step counts."""
-        loaded = sorted((repr(b.signature), b.steps) for b in self.buckets.values() if b.loaded)
+        loaded = sorted((repr(agreement_key(b.signature)), b.steps) for b in self.buckets.values() if b.loaded)
         return {"config": self.config(), "saved_at": self._saved_at, "loaded": loaded}
 
     def join_group(self, world: int, rank: int, summaries: list) -> None:
@@ -209,7 +218,12 @@ class EFState:
             for b in self.buckets.values():
                 if b.loaded:
                     b.tensors = method.reformed(b.tensors)
-        method.check_world(world)
+        if self.hierarchy is not None:
+            self.hierarchy.check(world)
+            world_of_method = self.hierarchy.nodes(world)  # the method's workers are the nodes
+        else:
+            world_of_method = world
+        method.check_world(world_of_method)
         self.world_size, self.rank = world, rank
         self._saved_at = None
         self._config_checked = True
@@ -219,6 +233,8 @@ class EFState:
         # the agreement check, which the process that unpickles must run again.
         state = dict(self.__dict__)
         state.update(process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set())
+        if self.hierarchy is not None:  # its groups belong to this process
+            state["hierarchy"] = Hierarchy(self.hierarchy.local_size)
         state["buckets"] = {sig: dataclasses.replace(b, nonfinite=None) for sig, b in self.buckets.items()}
         return state
 

@@ -12,7 +12,10 @@ class CommStats:
 
     ``bytes_sent`` counts this rank's payload (its message for an all-gather, its buffer for
     an all-reduce), not the traffic a collective algorithm generates on the wire;
-    ``dense_bytes`` counts the bucket buffers as DDP would all-reduce them. ``history`` has
+    ``dense_bytes`` counts the bucket buffers as DDP would all-reduce them; with a hierarchy
+    (efcomm.hierarchy), ``bytes_by_group`` splits ``bytes_sent`` into "intra" (inside the
+    node: the dense reduce-scatter and all-gather) and "inter" (between nodes: the compressed
+    messages), also as ``intra_node_bytes`` and ``inter_node_bytes``. ``history`` has
     one entry per step (a step ends with the last bucket of a backward pass).
     ``initialisations`` counts the dense exchanges that started a bucket's state and
     ``relayouts`` the buckets whose state was carried over to a new DDP bucket layout;
@@ -31,11 +34,28 @@ class CommStats:
     nonfinite_resets: int = 0
     nonfinite_steps: int = 0
     diverged: bool = False
+    bytes_by_group: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     _step_sent: int = 0
     _step_dense: int = 0
     _last_nonfinite_step: int = -2
     _nonfinite_streak: int = 0
+
+    def record_group(self, group: str, sent: int) -> None:
+        """Bytes this rank contributes to a collective over ``group`` ("flat"; with a
+        hierarchy, "intra" inside the node and "inter" between nodes)."""
+        self.bytes_sent += sent
+        self._step_sent += sent
+        self.bytes_by_group[group] = self.bytes_by_group.get(group, 0) + sent
+
+    @property
+    def inter_node_bytes(self) -> int:
+        """Bytes sent between nodes: with a hierarchy, its "inter" exchanges; else all of them."""
+        return self.bytes_by_group.get("inter", 0) + self.bytes_by_group.get("flat", 0)
+
+    @property
+    def intra_node_bytes(self) -> int:
+        return self.bytes_by_group.get("intra", 0)
 
     def record_nonfinite_reset(self) -> None:
         """A bucket restarts because the last step's aggregate held inf/NaN."""
@@ -55,10 +75,9 @@ class CommStats:
                 stacklevel=2,
             )
 
-    def record(self, sent: int, dense: int, last_bucket: bool) -> None:
-        self.bytes_sent += sent
+    def record(self, sent: int, dense: int, last_bucket: bool, group: str = "flat") -> None:
+        self.record_group(group, sent)
         self.dense_bytes += dense
-        self._step_sent += sent
         self._step_dense += dense
         if last_bucket:
             self.history.append(
@@ -83,6 +102,7 @@ class CommStats:
             "nonfinite_resets": self.nonfinite_resets,
             "nonfinite_steps": self.nonfinite_steps,
             "diverged": self.diverged,
+            "bytes_by_group": dict(self.bytes_by_group),
             "history": tuple(dict(entry) for entry in self.history),  # a tuple: one leaf for DCP
         }
 
@@ -95,6 +115,7 @@ class CommStats:
         self.nonfinite_resets = int(state["nonfinite_resets"])
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.diverged = bool(state.get("diverged", False))
+        self.bytes_by_group = {str(k): int(v) for k, v in state.get("bytes_by_group", {}).items()}
         self.history = [dict(entry) for entry in state["history"]]
         self._step_sent = 0
         self._step_dense = 0

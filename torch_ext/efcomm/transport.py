@@ -17,14 +17,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .engine import AllGather, AllReduceSum, Broadcasts, GatherChoices, Step
+from .engine import AllGather, AllGatherShards, AllReduceSum, Broadcasts, GatherChoices, ReduceScatter, Step
 
 
 class DDPTransport:
-    """Exchanges over ``group`` (None: the default group) for the rank that calls it."""
+    """Exchanges for the rank that calls it: over ``group`` (None: the default group), or,
+    for the "intra" and "inter" exchanges of a hierarchy, over its groups."""
 
-    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        self.group = group
+    def __init__(self, group: Optional[dist.ProcessGroup] = None, hierarchy=None) -> None:
+        self.groups = {"flat": group}
+        if hierarchy is not None:
+            self.groups.update(intra=hierarchy.intra_group, inter=hierarchy.inter_group)
 
     def run(self, step: Step, finish) -> torch.futures.Future:
         """Drives ``step``; ``finish(out)`` turns the step's output into the future's value
@@ -51,8 +54,8 @@ class DDPTransport:
             return work.get_future().then(resume)
 
     def _issue(self, request):
-        """Starts the collective of a final exchange: (work, the value the step gets back)."""
-        group = self.group
+        """Starts the collective of an exchange: (work, the value the step gets back)."""
+        group = self.groups[request.group]
         if isinstance(request, AllGather):
             world = dist.get_world_size(group)
             message = request.message
@@ -67,14 +70,21 @@ class DDPTransport:
                 for rank, row in zip(request.senders, request.rows)
             ]
             return _AllWorks(works), request.rows
-        raise TypeError(f"efcomm: {type(request).__name__} cannot be the final exchange of a step")
+        if isinstance(request, ReduceScatter):
+            shard = request.tensor.new_empty((request.tensor.numel() // dist.get_world_size(group),))
+            return dist.reduce_scatter_tensor(shard, request.tensor, group=group, async_op=True), shard
+        if isinstance(request, AllGatherShards):
+            full = request.shard.new_empty((request.shard.numel() * dist.get_world_size(group),))
+            return dist.all_gather_into_tensor(full, request.shard, group=group, async_op=True), full
+        raise TypeError(f"efcomm: unknown exchange {type(request).__name__}")
 
     def _wait(self, request):
         if isinstance(request, GatherChoices):
-            world = dist.get_world_size(self.group)
+            group = self.groups[request.group]
+            world = dist.get_world_size(group)
             values = request.values
             gathered = torch.empty(world * values.numel(), dtype=values.dtype, device=values.device)
-            dist.all_gather_into_tensor(gathered, values, group=self.group)
+            dist.all_gather_into_tensor(gathered, values, group=group)
             return gathered.view(world, -1).tolist()  # the same on every rank
         work, result = self._issue(request)
         work.wait()
@@ -102,7 +112,12 @@ def _completed(value, out: Tensor) -> torch.futures.Future:
 
 
 class InProcessTransport:
-    """Serves the exchanges of n workers' steps run in lockstep in one process."""
+    """Serves the exchanges of n workers' steps run in lockstep in one process. With
+    ``local_size`` (a hierarchy of nodes of local_size consecutive ranks), "intra" exchanges
+    are served per node and "inter" exchanges per local rank."""
+
+    def __init__(self, local_size: Optional[int] = None) -> None:
+        self.local_size = local_size
 
     def run(self, steps: list) -> list:
         """Drives every worker's step to its end; returns their outputs, in rank order."""
@@ -119,10 +134,24 @@ class InProcessTransport:
                     requests.append(None)
             if all(r is None for r in requests):
                 return outs
-            kinds = {type(r).__name__ for r in requests}
+            kinds = {(type(r).__name__, getattr(r, "group", None)) for r in requests}
             if len(kinds) != 1:
-                raise RuntimeError(f"efcomm: the workers' steps ask for different exchanges: {sorted(kinds)}")
-            values = self._serve(requests)
+                raise RuntimeError(f"efcomm: the workers' steps ask for different exchanges: {sorted(map(str, kinds))}")
+            values = [None] * n
+            for members in self._groups(requests[0].group, n):
+                for rank, value in zip(members, self._serve([requests[r] for r in members])):
+                    values[rank] = value
+
+    def _groups(self, group: str, n: int) -> list:
+        """The ranks of each group of the exchange, each in rank order."""
+        if group == "flat":
+            return [list(range(n))]
+        size = self.local_size
+        if size is None or n % size:
+            raise RuntimeError(f"efcomm: a {group!r} exchange needs a hierarchy that divides {n} ranks (local_size={size})")
+        if group == "intra":
+            return [list(range(node * size, (node + 1) * size)) for node in range(n // size)]
+        return [list(range(local, n, size)) for local in range(size)]
 
     @staticmethod
     def _serve(requests: list) -> list:
@@ -131,9 +160,7 @@ class InProcessTransport:
             gathered = torch.stack([r.message for r in requests])
             return [gathered] * len(requests)  # every worker only reads it
         if isinstance(first, AllReduceSum):
-            total = requests[0].tensor.clone()
-            for r in requests[1:]:  # rank order
-                total.add_(r.tensor)
+            total = _sum([r.tensor for r in requests])
             for r in requests:
                 r.tensor.copy_(total)
             return [r.tensor for r in requests]
@@ -144,4 +171,17 @@ class InProcessTransport:
             # the i-th broadcast carries sender senders[i]'s own row
             rows = [requests[rank].rows[i] for i, rank in enumerate(first.senders)]
             return [rows] * len(requests)
+        if isinstance(first, ReduceScatter):
+            return list(_sum([r.tensor for r in requests]).chunk(len(requests)))
+        if isinstance(first, AllGatherShards):
+            full = torch.cat([r.shard for r in requests])
+            return [full.clone() for _ in requests]
         raise TypeError(f"efcomm: unknown exchange {type(first).__name__}")
+
+
+def _sum(tensors: list) -> Tensor:
+    """The sum in rank order."""
+    total = tensors[0].clone()
+    for t in tensors[1:]:
+        total.add_(t)
+    return total

@@ -183,6 +183,79 @@ def report(results: dict, worlds=WORLD_SIZES, links=LINKS) -> tuple[str, list]:
     return "\n".join(text), table
 
 
+# ---- past one node: the hierarchical exchange (efcomm.hierarchy) ----------------------
+
+
+@dataclass(frozen=True)
+class Topology:
+    """``nodes`` nodes of ``local`` GPUs each; NVLink inside a node, the network between."""
+
+    nodes: int
+    local: int
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.local
+
+
+TOPOLOGIES = (Topology(8, 8), Topology(64, 8))
+NETWORKS = (LINKS[1], LINKS[2])  # InfiniBand 400 Gb/s, Ethernet 100 Gb/s
+NVLINK = LINKS[0]
+
+
+def hierarchical_bytes(gradient_bytes: float, message_nbytes, topology: Topology) -> dict:
+    """Bytes each GPU sends per step, inside its node ("intra") and on the network ("inter"),
+    for a gradient of ``gradient_bytes`` (``message_nbytes(fraction)``: the bytes of one
+    compressed message of that fraction of the gradient):
+
+      nccl          NCCL's dense all-reduce, as its hierarchical form: a reduce-scatter in the
+                    node, an all-reduce of each GPU's 1/L shard across the N nodes, an
+                    all-gather in the node (NCCL's multi-rail rings approach the same
+                    network bytes: 2 (N-1)/N D/L per GPU);
+      efcomm flat   one all-gather of the whole gradient's message among all n GPUs:
+                    (n-1) M(D) per GPU, counted as network bytes (an upper bound: a ring's
+                    hops inside a node take NVLink);
+      efcomm hier   efcomm.hierarchy: the node's reduce-scatter and all-gather (dense, NVLink),
+                    and an all-gather of each shard's message among the N nodes: (N-1) M(D/L).
+    """
+    n, nodes, local, d = topology.world, topology.nodes, topology.local, gradient_bytes
+    node_dense = 2 * (local - 1) / local * d  # reduce-scatter + all-gather inside the node
+    return {
+        "nccl": {"intra": node_dense, "inter": 2 * (nodes - 1) / nodes * d / local},
+        "efcomm flat": {"intra": 0.0, "inter": (n - 1) * message_nbytes(1.0)},
+        "efcomm hier": {"intra": node_dense, "inter": (nodes - 1) * message_nbytes(1.0 / local)},
+    }
+
+
+def hierarchy_rows(gradient_bytes: float, message_nbytes, compute_overhead_s: float = 0.0,
+                   topologies=TOPOLOGIES, networks=NETWORKS, nvlink=NVLINK) -> list[dict]:
+    """Per topology and exchange: the bytes of :func:`hierarchical_bytes` and the predicted
+    communication time per network (intra bytes over NVLink plus inter bytes over the
+    network, no overlap), plus ``compute_overhead_s`` for the efcomm exchanges."""
+    out = []
+    for topology in topologies:
+        for name, sent in hierarchical_bytes(gradient_bytes, message_nbytes, topology).items():
+            overhead = 0.0 if name == "nccl" else compute_overhead_s
+            out.append({
+                "topology": f"{topology.nodes}x{topology.local}", "exchange": name,
+                "intra_bytes": sent["intra"], "inter_bytes": sent["inter"],
+                "predicted_s": {net.name: overhead + sent["intra"] / nvlink.bandwidth + sent["inter"] / net.bandwidth
+                                for net in networks},
+            })
+    return out
+
+
+def format_hierarchy(title: str, table: list[dict], networks=NETWORKS) -> str:
+    lines = [title, f"{'nodes x GPUs':<14}{'exchange':<14}{'network MB/GPU':>16}{'vs nccl':>9}"
+             + "".join(f"{net.name + ' ms':>18}" for net in networks)]
+    for r in table:
+        dense = next(x for x in table if x["topology"] == r["topology"] and x["exchange"] == "nccl")
+        ratio = dense["inter_bytes"] / r["inter_bytes"] if r["inter_bytes"] else float("inf")
+        times = "".join(f"{r['predicted_s'][net.name] * 1e3:>18,.2f}" for net in networks)
+        lines.append(f"{r['topology']:<14}{r['exchange']:<14}{r['inter_bytes'] / 1e6:>16,.2f}{ratio:>8.1f}x{times}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="the JSON file written by benchmarks/bench_ddp.py")
