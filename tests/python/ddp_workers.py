@@ -370,19 +370,37 @@ def scenario_elastic_missing(rank, world, ctx):
     return {"error": error, "seconds": time.monotonic() - start}
 
 
+def scenario_killed_rank(rank, world, ctx):
+    """Rank 2 dies in the middle of training (run last: the group is broken afterwards):
+    the others must fail with an error within seconds, not hang."""
+    model, ddp, state, opt, gen = _small_ddp(rank)
+    _train(ddp, opt, gen, 3)
+    if rank == 2:
+        return {"died": True}
+    start = time.monotonic()
+    try:
+        _train(ddp, opt, gen, 20)
+        error = None
+    except RuntimeError as e:
+        error = str(e)
+    return {"error": error, "seconds": time.monotonic() - start}
+
+
 SCENARIOS = {
     name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")
 }
 
 # The launches of the DDP tests, in order (each a world size and its scenarios; a scenario
-# that makes every rank raise comes last). Files pass from one launch to the next.
+# that makes every rank raise, or breaks the group, comes last). Files pass from one launch
+# to the next.
 LAUNCHES = (
     ("first", 2, ["gradient_as_bucket_view", "layout_change", "unused_parameters_and_static_graph", "no_sync",
                   "bfloat16_model_float32_state", "nonfinite", "every_exchange", "smoothness", "resume_save",
                   "elastic_save", "mismatch"]),
-    ("three", 3, ["join", "elastic_resume", "elastic_missing"]),
+    ("three", 3, ["join", "elastic_resume", "elastic_missing", "killed_rank"]),
     ("second", 2, ["resume_load", "elastic_resume"]),
 )
+BREAKS_GROUP = "killed_rank"
 
 
 def scenarios_worker(rank, world_size, init_method, result_dir, names, ctx):
@@ -392,9 +410,12 @@ def scenarios_worker(rank, world_size, init_method, result_dir, names, ctx):
     for name in names:
         results[name] = SCENARIOS[name](rank, world_size, ctx)
         gc.collect()  # the scenario's DDP objects go before the next one starts
-        if name not in ("mismatch", "elastic_missing"):
+        if name not in ("mismatch", "elastic_missing", BREAKS_GROUP):
             dist.barrier()
     torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    if BREAKS_GROUP in names:  # a dead peer: leave without the group's barrier
+        sys.stdout.flush()
+        os._exit(0)
     shutdown()
 
 

@@ -145,6 +145,13 @@ def test_uneven_inputs_under_join_do_not_deadlock(ddp_launches):
         assert all(torch.equal(a, b) for a, b in zip(r["h"], results[0]["h"]))
 
 
+def test_a_killed_rank_makes_the_others_fail_within_seconds(ddp_launches):
+    for r in ddp_launches["three"][:2]:
+        result = r["killed_rank"]
+        assert result["error"] is not None, "the survivors must not hang"
+        assert result["seconds"] < 10.0
+
+
 def test_state_validation_and_pickling():
     with pytest.raises(ValueError, match=r"method \('ef42'\)"):
         efcomm.EFState("ef42")
