@@ -10,6 +10,16 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests' tensors are small: one intra-op thread is much faster than several on a
+    busy 2-core machine (the CI machine), and the results are the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ddp_launches(tmp_path_factory):
     """The multi-process DDP scenarios (tests/python/ddp_workers.py: LAUNCHES), run once for

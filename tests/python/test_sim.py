@@ -12,14 +12,6 @@ from efcomm.compressors import Codec
 from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # Smaller than the figures' problems, so that the whole file runs in seconds.
 LOGISTIC = dict(n=5, d=20, m=40)

@@ -6,14 +6,6 @@ from efcomm import problems
 from efcomm.asynchrony import asynchronous_sgd, shuffled_sgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PROBLEM = problems.quadratic([1.0, 2.0, 4.0, 8.0], d=10)  # different minimisers and L_i
 TIMES = [1.0, 1.0, 1.0, 8.0]  # three fast workers, one 8x slower

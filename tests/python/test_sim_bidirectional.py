@@ -6,14 +6,6 @@ from efcomm import Identity, TopK, problems, sim
 from efcomm.bidirectional import ef21_bc, total_bits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PROBLEM = problems.logistic_nonconvex(n=4, d=20, m=40)
 

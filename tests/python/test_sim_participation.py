@@ -6,14 +6,6 @@ from efcomm import Induced, RandK, TopK, problems, sim
 from efcomm.participation import Sampling, dcsgd_pp, ef21_pp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # A correlated distribution: worker 0 alone, workers 1 and 2 together, or everyone.
 CORRELATED = Sampling.explicit(3, [[0], [1, 2], [0, 1, 2]], [0.3, 0.5, 0.2])

@@ -6,14 +6,6 @@ from efcomm import problems, sim
 from efcomm.personalized import fedavg, local_training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PROBLEM = problems.shared_representation()  # 6 workers, a shared 12 x 2 representation
 

@@ -5,14 +5,6 @@ import torch
 from efcomm import Identity, TopK, problems, sim
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_the_problem_has_rare_features():
     problem = problems.rare_features(n=6, r=4, c=2)

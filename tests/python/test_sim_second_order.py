@@ -7,14 +7,6 @@ from efcomm import Identity, TopK, problems, sim
 from efcomm.second_order import Bernoulli, Contractive, Lazy, Threshold, basis_learn, newton_3pc, project
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TARGET = 1e-10  # ||grad f||^2 relative to the start
 MECHANISMS = {

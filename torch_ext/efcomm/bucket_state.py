@@ -48,12 +48,11 @@ class BucketState:
     this rank's ``h_local`` and the shared ``h``), all of the bucket's size."""
 
     signature: tuple
-    k: int
     tensors: dict
     loaded: bool = False  # restored by load_state_dict: its layout is the saved run's
     steps: int = 0  # compressed steps taken on this layout: keys its random streams
     # Small per-layout tensors that are not per-coordinate (saved; a new layout starts
-    # without them): the threshold Top-k hint, "topk_threshold".
+    # without them): the compressor's hint (Compressor.hint_key), e.g. "topk_threshold".
     hints: dict = field(default_factory=dict)
     # Set by the step's decode: whether the aggregate held inf/NaN (transient, not saved).
     nonfinite: Optional[DeviceFlag] = field(default=None, compare=False)
@@ -119,7 +118,7 @@ def covering_states(sources: list, signature: tuple) -> Optional[list]:
     return sorted(parts, key=lambda s: position[s.params[0]])
 
 
-def relayout(sources: list, signature: tuple, k: int, device: torch.device) -> Optional[BucketState]:
+def relayout(sources: list, signature: tuple, device: torch.device) -> Optional[BucketState]:
     """A state for a new layout made of the per-parameter slices of older ones, or None
     when a parameter is unknown (or unnamed) or a source is poisoned by inf/NaN."""
     if not _named(signature):
@@ -137,4 +136,4 @@ def relayout(sources: list, signature: tuple, k: int, device: torch.device) -> O
         return None
     names = parts[0][0].tensors.keys()
     tensors = {name: torch.cat([old.tensors[name][o : o + n] for old, o, n in parts]).to(device) for name in names}
-    return BucketState(signature, k, tensors, steps=max(old.steps for old, _, _ in parts))
+    return BucketState(signature, tensors, steps=max(old.steps for old, _, _ in parts))

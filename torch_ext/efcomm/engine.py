@@ -136,12 +136,11 @@ def bucket_step(state, bucket: BucketInput) -> Step:
         segments = covering_states(sources, signature)
         if segments is not None and not any(s.poisoned() for s in segments):
             return (yield from _step_segments(state, segments, bucket))
-        k = method.k_for(state.compressor, bucket.g.numel())
-        current = relayout(sources, signature, k, bucket.g.device)
+        current = relayout(sources, signature, bucket.g.device)
         if current is None and method.dense_init:
-            return (yield from _initialise(state, k, bucket))
+            return (yield from _initialise(state, bucket))
         if current is None:
-            current = BucketState(signature, k, method.init_state(bucket.g, None, bucket.worker))
+            current = BucketState(signature, method.init_state(bucket.g, None, bucket.worker))
         else:
             state.stats.relayouts += 1
         state.buckets[signature] = current
@@ -161,7 +160,7 @@ def _segment_inputs(segments: list, bucket: BucketInput):
     g = bucket.g
     if len(segments) == 1 and segments[0].signature == bucket.signature:
         return [g], None
-    slices = BucketState(bucket.signature, 0, {}).param_slices()
+    slices = BucketState(bucket.signature, {}).param_slices()
     return [torch.cat([g[o : o + n] for o, n in (slices[p] for p in s.params)]) for s in segments], slices
 
 
@@ -273,13 +272,13 @@ def _lazy_step(state, segments: list, bucket: BucketInput) -> Step:
     return _assemble(bucket, segments, outs, slices)
 
 
-def _initialise(state, k: int, bucket: BucketInput) -> Step:
+def _initialise(state, bucket: BucketInput) -> Step:
     """The dense exchange that starts a method on a bucket (EF21: h_i = g_i, h = mean_j g_j)."""
     g, worker = bucket.g, bucket.worker
     h = g.detach().clone().div_(worker.world)  # divide before summing: no overflow in narrow dtypes
     # Registered now, before the exchange, so that the state exists for the rest of this
     # step's buckets; h becomes the mean in place when the all-reduce completes.
-    bucket_state = BucketState(bucket.signature, k, state.method_impl.init_state(g, h, worker))
+    bucket_state = BucketState(bucket.signature, state.method_impl.init_state(g, h, worker))
     state.buckets[bucket.signature] = bucket_state
     state._created.add(bucket.signature)
     state._touched.add(bucket.signature)

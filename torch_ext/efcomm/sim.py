@@ -14,7 +14,7 @@ import torch
 
 from .cluster import Cluster
 from .compressors import Codec, Compressor, Context
-from .methods import Worker, ef21_encode_, make_method
+from .methods import Worker, make_method
 from .problems import Problem
 
 
@@ -127,7 +127,7 @@ def _simulate_per_worker(problem, impl, compressor, steps, lr, dtype, grads_at, 
                 for g, s in zip(grads_at(xs), states):
                     impl.track_momentum(g, s)
             sources = xs if target == "x" else [s["V"] for s in states]
-            messages = [ef21_encode_(src, s[local], c) for src, s, c in zip(sources, states, codecs)]
+            messages = [c.encode_(src, s[local]) for src, s, c in zip(sources, states, codecs)]
             gathered = torch.stack(messages)
             for s, c in zip(states, codecs):
                 c.decode_add_(s[shared], gathered)

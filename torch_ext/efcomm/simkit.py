@@ -24,9 +24,9 @@ def apply_compressor(compressor: Compressor, x: Tensor, *, seed: int, step: int,
     """
     flat = x.detach().reshape(-1)
     codec = Codec(compressor, flat.numel(), flat.dtype, Context(seed, step, bucket, rank))
-    message = codec.encode(flat)
+    message = codec.encode_(flat)
     dense = torch.zeros_like(flat)
-    codec.decode_add_(dense, message.unsqueeze(0), [1.0])
+    codec.decode_add_(dense, message.unsqueeze(0))
     return dense.view_as(x), 8 * message.numel()
 
 

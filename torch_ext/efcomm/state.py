@@ -10,7 +10,6 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from . import ops
 from .bucket_state import BucketState, as_signature
 from .compressors import Codec, Compressor, Context, TopK
 from .hierarchy import Hierarchy, agreement_key
@@ -92,6 +91,7 @@ class EFState:
         self.allow_biased = allow_biased
         self.always_compress = bool(always_compress)
         self.compressor = compressor
+        self.wire = self.method_impl.wire_compressor(compressor)  # what the method sends with
         self.process_group = process_group
         self.min_compress_numel = min_compress_numel
         self.state_dtype = state_dtype
@@ -125,21 +125,23 @@ class EFState:
         key = (numel, dtype)
         if key not in self._compresses:
             method = self.method_impl
-            wire = method.wire_nbytes(Codec(self.compressor, numel, dtype))
+            wire = method.wire_nbytes(Codec(self.wire, numel, dtype))
             smaller = self.always_compress or method.sends_dense or wire < numel * dtype.itemsize
             self._compresses[key] = numel >= self.min_compress_numel and smaller
         return self._compresses[key]
 
     def codec(self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int, device: torch.device) -> Codec:
-        """The compressor bound to a state layout at its current step (with the layout's
-        threshold Top-k hint when the compressor uses one)."""
-        hint = None
-        if getattr(self.compressor, "threshold", False) is True:
-            hint = bucket_state.hints.get("topk_threshold")
+        """The method's compressor bound to a state layout at its current step (with the
+        layout's hint when the compressor keeps one, e.g. threshold Top-k's)."""
+        hint, key = None, self.wire.hint_key
+        if key is not None:
+            hint = bucket_state.hints.get(key)
             if hint is None:
-                hint = bucket_state.hints["topk_threshold"] = ops.topk_threshold_hint(device)
-        ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank)
-        return Codec(self.compressor, numel, dtype, ctx, hint)
+                hint = self.wire.new_hint(device)
+                if hint is not None:
+                    bucket_state.hints[key] = hint
+        ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank, hint)
+        return Codec(self.wire, numel, dtype, ctx)
 
     def end_step_if_last(self, last: bool) -> None:
         """At the end of a step, drops the states of layouts that DDP no longer has."""
@@ -164,7 +166,6 @@ class EFState:
                     "buckets": [
                         {
                             "signature": b.signature,
-                            "k": b.k,
                             "steps": b.steps,
                             "tensors": {n: t.clone() for n, t in b.tensors.items()},
                             "hints": {n: t.clone() for n, t in b.hints.items()},
@@ -194,7 +195,7 @@ class EFState:
             tensors = {n: t.clone() for n, t in bucket.get("tensors", {}).items()}
             hints = {n: t.clone() for n, t in bucket.get("hints", {}).items()}
             self.buckets[signature] = BucketState(
-                signature, int(bucket["k"]), tensors, loaded=True, steps=int(bucket.get("steps", 0)), hints=hints
+                signature, tensors, loaded=True, steps=int(bucket.get("steps", 0)), hints=hints
             )
         self.stats.load_state_dict(saved["stats"])
         world, rank = saved.get("world_size"), saved.get("rank")
