@@ -12,7 +12,6 @@ from efcomm.compressors import Codec
 from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
 
 
-
 # Smaller than the figures' problems, so that the whole file runs in seconds.
 LOGISTIC = dict(n=5, d=20, m=40)
 HETEROGENEOUS_L = [1.0] * 9 + [100.0]  # L_QM / L_AM = 2.90

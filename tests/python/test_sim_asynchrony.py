@@ -1,10 +1,8 @@
 """Asynchronous SGD with heterogeneous speeds and data, in simulated time (efcomm.asynchrony)."""
 import pytest
-import torch
 
 from efcomm import problems
 from efcomm.asynchrony import asynchronous_sgd, shuffled_sgd
-
 
 
 PROBLEM = problems.quadratic([1.0, 2.0, 4.0, 8.0], d=10)  # different minimisers and L_i

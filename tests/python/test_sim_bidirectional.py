@@ -1,10 +1,8 @@
 """Bidirectional compression, bits counted both ways (efcomm.bidirectional)."""
 import pytest
-import torch
 
 from efcomm import Identity, TopK, problems, sim
 from efcomm.bidirectional import ef21_bc, total_bits
-
 
 
 PROBLEM = problems.logistic_nonconvex(n=4, d=20, m=40)

@@ -6,7 +6,6 @@ from efcomm import Induced, RandK, TopK, problems, sim
 from efcomm.participation import Sampling, dcsgd_pp, ef21_pp
 
 
-
 # A correlated distribution: worker 0 alone, workers 1 and 2 together, or everyone.
 CORRELATED = Sampling.explicit(3, [[0], [1, 2], [0, 1, 2]], [0.3, 0.5, 0.2])
 INDUCED = Induced(TopK(k=1), RandK(k=1, unbiased=True))

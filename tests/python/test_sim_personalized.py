@@ -1,10 +1,6 @@
 """Partially personalized learning with local steps (efcomm.personalized)."""
-import pytest
-import torch
-
 from efcomm import problems, sim
 from efcomm.personalized import fedavg, local_training
-
 
 
 PROBLEM = problems.shared_representation()  # 6 workers, a shared 12 x 2 representation

@@ -5,7 +5,6 @@ import torch
 from efcomm import Identity, TopK, problems, sim
 
 
-
 def test_the_problem_has_rare_features():
     problem = problems.rare_features(n=6, r=4, c=2)
     owners = [sum(bool(a[:, j].any()) for a in problem.features) for j in range(problem.d)]

@@ -7,7 +7,6 @@ from efcomm import Identity, TopK, problems, sim
 from efcomm.second_order import Bernoulli, Contractive, Lazy, Threshold, basis_learn, newton_3pc, project
 
 
-
 TARGET = 1e-10  # ||grad f||^2 relative to the start
 MECHANISMS = {
     "EF21 Top-k": Contractive(TopK(k=8)),

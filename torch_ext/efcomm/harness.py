@@ -7,7 +7,7 @@ downloaded), with DDP's all-reduce or an efcomm method, over gloo on the CPU or 
 import gc
 import socket
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
