@@ -106,12 +106,9 @@ def _values_nonfinite(gathered: Tensor, count: int, dtype: torch.dtype) -> Tenso
     return ~torch.isfinite(values).all()
 
 
-def _rank_weights(weights: Optional[list], rows: int, scale: float) -> Optional[list]:
-    """Per-row weights for ops that take only weights: None when the plain mean is meant."""
-    if weights is None and scale == 1.0:
-        return None
-    base = weights if weights is not None else [1.0 / rows] * rows
-    return [scale * w for w in base]
+def _weights(weights: Optional[list], device: torch.device) -> Optional[Tensor]:
+    """The per-row weights as the float32 tensor on h's device that the decode ops take."""
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 @dataclass(frozen=True)
@@ -145,13 +142,13 @@ class TopK(Compressor):
         return self.k_for(numel) / numel
 
     def message_nbytes(self, numel: int, dtype: torch.dtype) -> int:
-        return ops.topk_message_nbytes(self.k_for(numel), dtype)
+        return ops.message_nbytes("topk", numel, dtype, k=self.k_for(numel))
 
     def encode(self, x, ctx):
-        return ops.topk_encode(x, self.k_for(x.numel()))
+        return ops.topk_encode_(x, None, self.k_for(x.numel()))
 
     def decode_add_(self, h, gathered, ctx, weights=None, scale=1.0):
-        ops.topk_decode_add_(h, gathered, self.k_for(h.numel()), _rank_weights(weights, gathered.shape[0], scale))
+        ops.topk_decode_add_(h, gathered, self.k_for(h.numel()), scale, _weights(weights, h.device))
 
     def nonfinite_in(self, gathered, numel, dtype):
         return _values_nonfinite(gathered, self.k_for(numel), dtype)  # inf/NaN rank first: always sent
@@ -188,15 +185,17 @@ class RandK(Compressor):
         return self.k_for(numel) / numel
 
     def message_nbytes(self, numel, dtype):
-        return (self.k_for(numel) * torch.empty((), dtype=dtype).element_size() + 3) // 4 * 4
+        return ops.message_nbytes("randk", numel, dtype, k=self.k_for(numel))
 
     def encode(self, x, ctx):
-        return ops.randk_encode(x, self.k_for(x.numel()), ctx.seed, ctx.step, ctx.bucket, self.window)
+        return ops.randk_encode_(x, None, self.k_for(x.numel()), ctx.seed, ctx.step, ctx.bucket, self.window)
 
     def decode_add_(self, h, gathered, ctx, weights=None, scale=1.0):
         k = self.k_for(h.numel())
         factor = scale * (h.numel() / k) if self.unbiased else scale
-        ops.randk_decode_add_(h, gathered, k, ctx.seed, ctx.step, ctx.bucket, self.window, factor, weights)
+        ops.randk_decode_add_(
+            h, gathered, k, ctx.seed, ctx.step, ctx.bucket, self.window, factor, _weights(weights, h.device)
+        )
 
     def nonfinite_in(self, gathered, numel, dtype):
         # Only the sampled entries travel: an inf elsewhere stays in the state and is seen
@@ -204,20 +203,11 @@ class RandK(Compressor):
         return _values_nonfinite(gathered, self.k_for(numel), dtype)
 
     def ef21_encode_(self, target: Tensor, h_local: Tensor, ctx: Context) -> Tensor:
-        """c = C(target - h_local); h_local += c; the message of c. The indices are drawn
-        once and only the k selected differences are formed (the composition would form
-        all of target - h_local and draw the indices twice). Same bits as the composition."""
+        """c = C(target - h_local); h_local += c; the message of c, in one op (only the k
+        selected differences are formed). Same bits as the composition."""
         k = self.k_for(target.numel())
-        indices = ops.randk_indices(target, k, ctx.seed, ctx.step, ctx.bucket, self.window)
-        flat = h_local.view(-1)
-        before = flat.index_select(0, indices)
-        values = target.reshape(-1).index_select(0, indices) - before  # rounded to the dtype
         factor = target.numel() / k if self.unbiased else 1.0
-        added = values.float() * torch.tensor(factor, dtype=torch.float32)  # float32(v * factor)
-        flat.index_copy_(0, indices, (before.float() + added).to(flat.dtype))
-        message = torch.zeros(self.message_nbytes(target.numel(), target.dtype), dtype=torch.uint8, device=target.device)
-        message[: k * values.element_size()].view(values.dtype).copy_(values)
-        return message
+        return ops.randk_encode_(target, h_local, k, ctx.seed, ctx.step, ctx.bucket, self.window, factor)
 
 
 def _check_block(name: str, block) -> None:
@@ -226,7 +216,7 @@ def _check_block(name: str, block) -> None:
 
 
 class _Quantizer(Compressor):
-    """Blockwise quantizers over ops.quantize / ops.quant_decode_add_ (one 4-byte header per
+    """Blockwise quantizers over ops.quant_encode_ / ops.quant_decode_add_ (one 4-byte header per
     block of ``block`` entries, then packed codes)."""
 
     scheme: ClassVar[str]
@@ -238,15 +228,15 @@ class _Quantizer(Compressor):
         return True
 
     def message_nbytes(self, numel, dtype):
-        return ops.quant_message_nbytes(numel, self.scheme, self._levels(), self.block)
+        return ops.message_nbytes("quant", numel, dtype, scheme=self.scheme, levels=self._levels(), block=self.block)
 
     def encode(self, x, ctx):
-        return ops.quantize(
-            x, self.scheme, self._levels(), self.block, self._stochastic(), ctx.seed, ctx.step, ctx.bucket, ctx.rank
+        return ops.quant_encode_(
+            x, None, self.scheme, self._levels(), self.block, self._stochastic(), ctx.seed, ctx.step, ctx.bucket, ctx.rank
         )
 
     def decode_add_(self, h, gathered, ctx, weights=None, scale=1.0):
-        ops.quant_decode_add_(h, gathered, self.scheme, self._levels(), self.block, scale, weights)
+        ops.quant_decode_add_(h, gathered, self.scheme, self._levels(), self.block, scale, _weights(weights, h.device))
 
     def nonfinite_in(self, gathered, numel, dtype):
         # A block holding inf or NaN has a non-finite header (natural: the int32 sentinel).
@@ -257,7 +247,7 @@ class _Quantizer(Compressor):
 
     def ef21_encode_(self, target: Tensor, h_local: Tensor, ctx: Context) -> Tensor:
         """c = C(target - h_local); h_local += c; the message of c, in one fused op."""
-        return ops.ef21_quantize_(
+        return ops.quant_encode_(
             target, h_local, self.scheme, self._levels(), self.block, self._stochastic(),
             ctx.seed, ctx.step, ctx.bucket, ctx.rank,
         )
@@ -392,26 +382,16 @@ class Identity(Compressor):
         return 0.0
 
     def message_nbytes(self, numel, dtype):
-        return (numel * torch.empty((), dtype=dtype).element_size() + 3) // 4 * 4
+        return ops.message_nbytes("dense", numel, dtype)
 
     def encode(self, x, ctx):
-        message = torch.zeros(self.message_nbytes(x.numel(), x.dtype), dtype=torch.uint8, device=x.device)
-        message[: x.numel() * x.element_size()].view(x.dtype).copy_(x.reshape(-1))
-        return message
+        return ops.dense_encode_(x, None)
 
     def nonfinite_in(self, gathered, numel, dtype):
         return _values_nonfinite(gathered, numel, dtype)
 
     def decode_add_(self, h, gathered, ctx, weights=None, scale=1.0):
-        if weights is None and scale == 1.0:
-            ops.dense_decode_add_(h, gathered)
-            return
-        rows = gathered[:, : h.numel() * h.element_size()].contiguous().view(h.dtype).float()
-        weights = weights if weights is not None else [1.0 / rows.shape[0]] * rows.shape[0]
-        acc = torch.zeros(h.numel(), dtype=torch.float32, device=h.device)
-        for w, row in zip(weights, rows):  # rank order
-            acc.add_(row * w)
-        h.view(-1).copy_(h.view(-1).float().add_(acc.mul_(scale)))
+        ops.dense_decode_add_(h, gathered, scale, _weights(weights, h.device))
 
 
 @dataclass(frozen=True)
@@ -491,7 +471,7 @@ class Codec:
 
     @property
     def is_topk(self) -> bool:
-        """Top-k has fused error-feedback ops (ef21_topk_encode_, ...): the methods use them."""
+        """Top-k carries the threshold hint; EF and EF21 use its encode directly."""
         return type(self.compressor) is TopK
 
     @property
@@ -509,7 +489,7 @@ class Codec:
 
     def encode(self, x: Tensor) -> Tensor:
         if self.threshold is not None:
-            return ops.topk_encode(x, self.k, self.threshold)
+            return ops.topk_encode_(x, None, self.k, threshold=self.threshold)
         return self.compressor.encode(x, self.ctx)
 
     def decode_add_(self, h: Tensor, gathered: Tensor, weights: Optional[list] = None, scale: float = 1.0) -> None:
@@ -517,4 +497,4 @@ class Codec:
 
     def add_own_(self, h: Tensor, message: Tensor, factor: float = 1.0) -> None:
         """h += factor * C, C this rank's own message (EF21's h_i += c_i; EF's e -= c with -1)."""
-        self.compressor.decode_add_(h, message.unsqueeze(0), self.ctx, weights=[factor])
+        self.compressor.decode_add_(h, message.unsqueeze(0), self.ctx, scale=factor)

@@ -11,9 +11,9 @@ simulator run exercises exactly the code that trains:
 
 ``codec`` is the compressor bound to the bucket and step (compressors.Codec: its size, and
 the context that keys its random streams). Notation as in ALGORITHMS.md: g = g_i is this
-worker's gradient, n the number of workers, C the compressor. With Top-k the methods run
-fused ops (one pass that encodes and updates the state); with any other compressor they
-compose C's encode and decode, and the state update adds this rank's own decoded message.
+worker's gradient, n the number of workers, C the compressor. Every compressor family's
+encode op also updates the state (``X_encode_(target, h_local)``: c = C(target - h_local),
+h_local += c, in one op); the other updates add this rank's own message with the decode op.
 Every state tensor has the bucket's size and dtype.
 """
 import math
@@ -131,20 +131,22 @@ class EF(DCSGD):
         return {"e": torch.zeros_like(g)}
 
     def encode(self, g, state, codec, worker):
-        if codec.is_topk:
-            return ops.ef_topk_encode_(g, state["e"], codec.k, codec.threshold)
         e = state["e"]
         e.add_(g)  # p = g + e
+        if codec.is_topk:
+            message = ops.topk_encode_(e, None, codec.k, threshold=codec.threshold)
+            ops.topk_decode_add_(e, message[None], codec.k, scale=-1.0)  # e = p - C(p)
+            return message
         message = codec.encode(e)
         codec.add_own_(e, message, -1.0)  # e = p - C(p)
         return message
 
 
 def ef21_encode_(target: Tensor, h_local: Tensor, codec: Codec) -> Tensor:
-    """c = C(target - h_local); h_local += c; returns the message of c (one fused op for
-    Top-k and for the quantizers)."""
+    """c = C(target - h_local); h_local += c; returns the message of c (one op for Top-k,
+    Rand-k and the quantizers)."""
     if codec.is_topk:
-        return ops.ef21_topk_encode_(target, h_local, codec.k, codec.threshold)
+        return ops.topk_encode_(target, h_local, codec.k, threshold=codec.threshold)
     fused = getattr(codec.compressor, "ef21_encode_", None)
     if fused is not None:
         return fused(target, h_local, codec.ctx)
@@ -195,9 +197,7 @@ class EF21SGDM(EF21):
         return {"v": g.detach().clone(), "h_local": g.detach().clone(), "h": g_mean}
 
     def encode(self, g, state, codec, worker):
-        if codec.is_topk:
-            return ops.ef21_sgdm_topk_encode_(g, state["v"], state["h_local"], codec.k, self.eta, codec.threshold)
-        state["v"].mul_(1.0 - self.eta).add_(g, alpha=self.eta)
+        state["v"].lerp_(g, self.eta)
         return ef21_encode_(state["v"], state["h_local"], codec)
 
     def __repr__(self) -> str:
@@ -227,8 +227,6 @@ class EControl(EF21):
 
     def encode(self, g, state, codec, worker):
         eta = self.eta if self.eta is not None else codec.compressor.alpha(g.numel())
-        if codec.is_topk:
-            return ops.econtrol_topk_encode_(g, state["e"], state["h_local"], codec.k, eta, codec.threshold)
         e, h_local = state["e"], state["h_local"]
         r = g - h_local
         p = r + eta * e
@@ -292,7 +290,7 @@ class EF21W(EF21):
 
 
 def _dense_nbytes(numel: int, dtype: torch.dtype) -> int:
-    return (numel * torch.empty((), dtype=dtype).element_size() + 3) // 4 * 4
+    return ops.message_nbytes("dense", numel, dtype)
 
 
 class Clip21(Method):
@@ -327,7 +325,7 @@ class Clip21(Method):
         return {"h_local": torch.zeros_like(g), "h": torch.zeros_like(g)}
 
     def encode(self, g, state, codec, worker):
-        return ops.clip21_encode_(g, state["h_local"], self.tau)
+        return ops.dense_encode_(g, state["h_local"], clip=self.tau)
 
     def decode(self, state, gathered, codec, g, worker):
         ops.dense_decode_add_(state["h"], gathered)
@@ -399,13 +397,14 @@ class LAG(LazyMethod):
         return _dense_nbytes(codec.numel, codec.dtype)
 
     def encode(self, g, state, codec, worker):
-        return ops.lag_encode_(g, state["h_local"])
+        return ops.dense_encode_(g, state["h_local"])
 
     def message_nbytes(self, choice, codec):
         return self.wire_nbytes(codec)
 
     def decode_senders(self, state, rows, choices, codec, worker):
-        ops.dense_decode_add_(state["h"], torch.stack(rows), worker.world)
+        weights = torch.full((len(rows),), 1.0 / worker.world, dtype=torch.float32, device=state["h"].device)
+        ops.dense_decode_add_(state["h"], torch.stack(rows), weights=weights)
         return state["h"]
 
 
@@ -450,21 +449,22 @@ class AdaCGD(LazyMethod):
         return self.ladder(numel)[-1]
 
     def wire_nbytes(self, codec):
-        return ops.topk_message_nbytes(self.ladder(codec.numel)[-1], codec.dtype)
+        return ops.message_nbytes("topk", codec.numel, codec.dtype, k=self.ladder(codec.numel)[-1])
 
     def choose(self, g, state, codec):
         return ops.adacgd_choose(g, state["h_local"], state["y"], self.ladder(g.numel()), self.zeta)
 
     def encode_choice(self, g, state, choice, codec, worker):
-        return ops.ef21_topk_encode_(g, state["h_local"], self.ladder(g.numel())[choice - 1])
+        return ops.topk_encode_(g, state["h_local"], self.ladder(g.numel())[choice - 1])
 
     def message_nbytes(self, choice, codec):
-        return ops.topk_message_nbytes(self.ladder(codec.numel)[choice - 1], codec.dtype)
+        return ops.message_nbytes("topk", codec.numel, codec.dtype, k=self.ladder(codec.numel)[choice - 1])
 
     def decode_senders(self, state, rows, choices, codec, worker):
         ladder = self.ladder(state["h"].numel())
+        weight = torch.full((1,), 1.0 / worker.world, dtype=torch.float32, device=state["h"].device)
         for row, choice in zip(rows, choices):  # rank order, one message at a time
-            ops.topk_decode_add_(state["h"], row.unsqueeze(0), ladder[choice - 1], [1.0 / worker.world])
+            ops.topk_decode_add_(state["h"], row.unsqueeze(0), ladder[choice - 1], weights=weight)
         return state["h"]
 
     def __repr__(self) -> str:
