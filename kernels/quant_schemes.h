@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/quant/fp8.h"
+#include "kernels/quant/int4.h"
 #include "kernels/quant/int8.h"
 #include "kernels/quant/natural.h"
 #include "kernels/quant/qsgd.h"
@@ -18,7 +19,8 @@
   X(::efcomm::quant::NaturalCodec) \
   X(::efcomm::quant::SignCodec) \
   X(::efcomm::quant::Int8Codec) \
-  X(::efcomm::quant::Fp8Codec)
+  X(::efcomm::quant::Fp8Codec) \
+  X(::efcomm::quant::Int4Codec)
 
 namespace efcomm::quant {
 

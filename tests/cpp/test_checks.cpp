@@ -56,7 +56,7 @@ TEST(Checks, DecodeRejectsWrongMessageSizeAndWeights) {
 TEST(Checks, QuantizerConfiguration) {
   const at::Tensor x = torch::ones({64});
   expect_error_naming([&] { quant_encode_cpu(x, std::nullopt, "bits", 0, 64, false, 0, 0, 0, 0); },
-                      {"scheme ('bits')", "'qsgd', 'natural', 'sign', 'int8', 'fp8'"});
+                      {"scheme ('bits')", "'qsgd', 'natural', 'sign', 'int8', 'fp8', 'int4'"});
   expect_error_naming([&] { quant_encode_cpu(x, std::nullopt, "qsgd", 128, 64, true, 0, 0, 0, 0); },
                       {"levels (128) must be in [1, 127] for qsgd"});
   expect_error_naming([&] { quant_encode_cpu(x, std::nullopt, "natural", 0, 64, false, 0, 0, 0, 0); },

@@ -76,6 +76,7 @@ TEST(QuantCodec, BitsPerEntry) {
   EXPECT_EQ(quant::SignCodec::bits(0), 1);
   EXPECT_EQ(quant::NaturalCodec::bits(0), 8);
   EXPECT_EQ(quant::Int8Codec::bits(0), 8);
+  EXPECT_EQ(quant::Int4Codec::bits(0), 4);
 }
 
 // The registry names every scheme once, and ids follow the list.
@@ -101,6 +102,9 @@ TEST(QuantCodec, DecodesAnyHeaderBits) {
   EXPECT_EQ(quant::NaturalCodec::decode(0x80000001u, 0x81, 0), -0.0f);
   EXPECT_TRUE(std::isnan(quant::NaturalCodec::decode(0x80000000u, 0x01, 0)));
   EXPECT_EQ(quant::Int8Codec::decode(0x00000001u, 0x02, 0), 2 * 1.40129846e-45f);  // a subnormal scale
+  EXPECT_EQ(quant::Int4Codec::decode(float_field(0.5f), 0x9, 0), -3.5f);             // 4-bit -7
+  EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), -3.4f, 0.0f, false, 0), 0x9u);
+  EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), 9.0f, 0.0f, false, 0), 0x7u);  // clamped to 7
 }
 
 TEST(QuantOps, Int8RoundTripIsExactOnItsGrid) {
@@ -184,7 +188,8 @@ INSTANTIATE_TEST_SUITE_P(
     Schemes, QuantCudaTest,
     ::testing::Values(QuantCase{"qsgd", 7, true}, QuantCase{"qsgd", 3, true}, QuantCase{"natural", 0, true},
                       QuantCase{"sign", 0, false}, QuantCase{"int8", 0, false}, QuantCase{"int8", 0, true},
-                      QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true}),
+                      QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true}, QuantCase{"int4", 0, false},
+                      QuantCase{"int4", 0, true}),
     [](const ::testing::TestParamInfo<QuantCase>& info) {
       return std::string(info.param.scheme) + "_" + std::to_string(info.param.levels) +
              (info.param.stochastic ? "_stochastic" : "_nearest");

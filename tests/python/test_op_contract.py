@@ -10,7 +10,7 @@ from efcomm import ops
 
 # (name, scheme, levels, stochastic) of every registered quantizer scheme
 SCHEMES = [("qsgd", 7, True), ("natural", 0, True), ("sign", 0, False), ("int8", 0, False), ("int8", 0, True),
-           ("fp8", 0, False), ("fp8", 0, True)]
+           ("fp8", 0, False), ("fp8", 0, True), ("int4", 0, False), ("int4", 0, True)]
 
 
 def _families(a, k, block):

@@ -94,7 +94,42 @@ def test_sign_int8_fp8_natural_codes_by_the_documented_layout():
         assert (codes[i] >> 7) == (1 if x[i] < 0 else 0)
 
 
-@pytest.mark.parametrize("scheme", ["qsgd", "natural", "sign", "int8", "fp8"])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_int4_codes_by_the_documented_layout(stochastic):
+    """The block-scaled int4 scheme: scale = max|x| / 7 per block, codes round(x / scale) in
+    [-7, 7] as 4-bit two's complement (nearest-even, or stochastic between the two neighbours,
+    unbiased), two codes per byte, the low nibble first."""
+    x = _x(8, 200)
+    message = _quantize(x, "int4", 0, 64, stochastic, seed=3)
+    assert message.numel() == 4 * 4 + 4 * 64 // 2
+    assert message.numel() == ops.message_nbytes("quant", 200, x.dtype, scheme="int4", block=64)
+    headers, codes = _unpack_codes(message, 200, 4, 64)
+    scale = torch.tensor(np.repeat(headers.view(np.float32), 64)[:200])
+    for b in range(4):
+        assert headers.view(np.float32)[b] == np.float32(float(x[64 * b : 64 * (b + 1)].abs().max())) / np.float32(7)
+    values = torch.tensor(np.where(codes >= 8, codes - 16, codes))
+    assert int(values.abs().max()) == 7
+    t = x / scale
+    if stochastic:
+        assert torch.all((values == torch.floor(t)) | (values == torch.ceil(t)))
+        assert not torch.equal(values, torch.round(t).long())
+    else:
+        assert torch.equal(values, torch.round(t).long())
+    assert torch.equal(_decoded(message, x, "int4", 0, 64), values.float() * scale)
+    grid = torch.arange(-7, 8, dtype=torch.float32) * 0.25  # exact round trips on its grid
+    for rounding in (False, True):
+        assert torch.equal(_decoded(_quantize(grid, "int4", 0, 32, rounding), grid, "int4", 0, 32), grid)
+
+
+def test_int4_stochastic_rounding_is_unbiased():
+    """The mean of 4000 draws of each entry is within 5 standard errors of it."""
+    x = torch.linspace(-1.0, 1.0, 64)
+    draws = torch.stack([_decoded(_quantize(x, "int4", 0, 64, True, step=s), x, "int4", 0, 64) for s in range(4000)])
+    spread = (1.0 / 7) / 2  # at most half a step of 1/7 per draw
+    assert torch.all((draws.mean(0) - x).abs() <= 5 * spread / math.sqrt(4000))
+
+
+@pytest.mark.parametrize("scheme", ["qsgd", "natural", "sign", "int8", "fp8", "int4"])
 def test_non_finite_blocks_decode_non_finite(scheme):
     stochastic = scheme in ("qsgd", "natural")
     for bad in (float("nan"), float("inf")):
@@ -270,7 +305,7 @@ def test_opcheck_quantizer_and_randk_ops(device):
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda: _quantize(torch.ones(64), "bits", 7, 64, True), r"quant_encode_: scheme \('bits'\) must be one of 'qsgd', 'natural'"),
+        (lambda: _quantize(torch.ones(64), "bits", 7, 64, True), r"quant_encode_: scheme \('bits'\) must be one of 'qsgd', 'natural', 'sign', 'int8', 'fp8', 'int4'"),
         (lambda: _quantize(torch.ones(64), "qsgd", 7, 48, True), r"block \(48\)"),
         (lambda: _quantize(torch.ones(64), "qsgd", 0, 64, True), r"levels \(0\) must be in \[1, 127\] for qsgd"),
         (lambda: _quantize(torch.ones(64), "qsgd", 7, 64, False), r"stochastic \(false\) must be true for scheme 'qsgd'"),
@@ -304,7 +339,8 @@ def test_bad_op_arguments_raise_errors_naming_them(call, pattern):
 # ---- CUDA against the CPU reference, bit for bit ----
 
 SCHEMES = [("qsgd", 1, True), ("qsgd", 7, True), ("qsgd", 127, True), ("natural", 0, True), ("sign", 0, False),
-           ("int8", 0, False), ("int8", 0, True), ("fp8", 0, False), ("fp8", 0, True)]
+           ("int8", 0, False), ("int8", 0, True), ("fp8", 0, False), ("fp8", 0, True), ("int4", 0, False),
+           ("int4", 0, True)]
 
 
 @requires_cuda
