@@ -60,9 +60,12 @@ def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: i
     gen = torch.Generator(device=device).manual_seed(0)
     g = torch.randn(numel, device=device, generator=gen).to(dtype)
     h_local = torch.randn(numel, device=device, generator=gen).to(dtype)
+    # The timed in-place encodes move h_local towards g (after about 1/ratio calls g - h_local
+    # is all zeros): the hinted encode's quality and its timed state start from this copy.
+    h_start = h_local.clone()
     # world messages of different gradients (their indices overlap as they happen to)
     gathered = torch.stack(
-        [ops.ef21_topk_encode_(torch.randn(numel, device=device, generator=gen).to(dtype), h_local.clone(), k) for _ in range(world)]
+        [ops.topk_encode_(torch.randn(numel, device=device, generator=gen).to(dtype), h_local.clone(), k) for _ in range(world)]
     )
     named = torch.unique(gathered[:, -4 * k :].contiguous().view(torch.int32)).numel()
     h = torch.zeros(numel, device=device, dtype=dtype)
@@ -92,7 +95,7 @@ def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: i
     yield "topk", lambda: ops.topk(g, k), torch_topk, numel * es + out, {"cub": cub_topk}
     # The CUDA selection the radix select replaced (a stable sort), for comparison.
     yield "topk_sort_path", _sort_path(lambda: ops.topk(g, k)), torch_topk, numel * es + out, {}
-    yield "ef21_encode", lambda: ops.ef21_topk_encode_(g, h_local, k), torch_encode, 2 * numel * es + out + 2 * k * es, {"cub": cub_encode}
+    yield "ef21_encode", lambda: ops.topk_encode_(g, h_local, k), torch_encode, 2 * numel * es + out + 2 * k * es, {"cub": cub_encode}
     # Threshold Top-k: the hint primed by one call, then one pass over the input per call
     # while between k and 4k entries reach it (else the two-pass fallback, reported).
     hint = ops.topk_threshold_hint(device)
@@ -101,13 +104,13 @@ def cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, world: i
     quality = float(hinted_values.double().square().sum() / exact_values.double().square().sum())
     yield "topk_threshold", lambda: ops.topk(g, k, hint), torch_topk, numel * es + out, {"quality": quality, "hint": hint}
     encode_hint = ops.topk_threshold_hint(device)
-    ops.ef21_topk_encode_(g, h_local.clone(), k, encode_hint)  # primes the hint
-    exact_message = ops.ef21_topk_encode_(g, h_local.clone(), k)
-    hinted_message = ops.ef21_topk_encode_(g, h_local.clone(), k, encode_hint.clone())
+    ops.topk_encode_(g, h_start.clone(), k, threshold=encode_hint)  # primes the hint
+    exact_message = ops.topk_encode_(g, h_start.clone(), k)
+    hinted_message = ops.topk_encode_(g, h_start.clone(), k, threshold=encode_hint.clone())
     values = lambda m: m[: k * es].view(dtype).double()  # noqa: E731
     encode_quality = float(values(hinted_message).square().sum() / values(exact_message).square().sum())
-    h_hinted = h_local.clone()
-    yield ("ef21_encode_threshold", lambda: ops.ef21_topk_encode_(g, h_hinted, k, encode_hint), torch_encode,
+    h_hinted = h_start.clone()
+    yield ("ef21_encode_threshold", lambda: ops.topk_encode_(g, h_hinted, k, threshold=encode_hint), torch_encode,
            2 * numel * es + out + 2 * k * es, {"quality": encode_quality, "hint": encode_hint})
     # bound: read every message once, read and write the entries of h they name
     yield f"decode_n{world}", lambda: ops.topk_decode_add_(h, gathered, k), torch_decode, gathered.numel() + 2 * named * es, {}
@@ -132,7 +135,7 @@ def quant_cases(numel: int, dtype: torch.dtype, device: torch.device, world: int
     h = torch.zeros(numel, device=device, dtype=dtype)
     for name, scheme, levels, block, stochastic in QUANTIZERS:
         args = (scheme, levels, block, stochastic, 0, 0, 0, 0)
-        message = ops.quantize(g, *args)
+        message = ops.quant_encode_(g, None, *args)
         gathered = message.unsqueeze(0).repeat(world, 1)
         nbytes = message.numel()
         padded = torch.nn.functional.pad(g.float(), (0, -numel % block)).view(-1, block)
@@ -162,14 +165,14 @@ def quant_cases(numel: int, dtype: torch.dtype, device: torch.device, world: int
             h.add_((acc / world).view(-1)[:numel].to(dtype))
 
         bits = 8 * nbytes / numel
-        yield f"{name}_encode", (lambda a=args: ops.quantize(g, *a)), torch_encode, numel * es + nbytes, bits
+        yield f"{name}_encode", (lambda a=args: ops.quant_encode_(g, None, *a)), torch_encode, numel * es + nbytes, bits
         decode = lambda gathered=gathered, a=args: ops.quant_decode_add_(h, gathered, *a[:3])  # noqa: E731
         yield f"{name}_decode_n{world}", decode, torch_decode, world * nbytes + 2 * numel * es, bits
 
 
 def randk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device):
     """Rand-k encode: the window form moves only the k values (launch-bound); the uniform form
-    also draws and sorts one key per entry."""
+    also computes and sorts k keys (kernels/randk_rule.h)."""
     es = torch.empty((), dtype=dtype).element_size()
     g = torch.randn(numel, device=device).to(dtype)
 
@@ -177,8 +180,8 @@ def randk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device):
         idx = torch.randperm(numel, device=device)[:k]
         return g[idx]
 
-    yield "randk_window", lambda: ops.randk_encode(g, k, 0, 0, 0, True), torch_randk, 2 * k * es, None
-    yield "randk_uniform", lambda: ops.randk_encode(g, k, 0, 0, 0, False), torch_randk, 2 * k * es, None
+    yield "randk_window", lambda: ops.randk_encode_(g, None, k, 0, 0, 0, True), torch_randk, 2 * k * es, None
+    yield "randk_uniform", lambda: ops.randk_encode_(g, None, k, 0, 0, 0, False), torch_randk, 2 * k * es, None
 
 
 def cccl_with_topk(path: Optional[str]) -> Optional[Path]:

@@ -1,7 +1,9 @@
 #pragma once
-// Argument checks shared by the CPU and CUDA implementations of every op, so that both
-// devices reject bad input with the same message (naming the argument and its value).
+// Argument checks shared by the CPU and CUDA implementations of every op, so that both devices
+// reject bad input with the same message, naming the argument and its value. The checks that
+// validate a message size return the layout (csrc/message_layout.h).
 #include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
 
 #include <optional>
 
@@ -12,72 +14,55 @@ namespace efcomm {
 // Indices travel as int32: a tensor handed to a sparsifying op has at most this many elements.
 constexpr int64_t kMaxSparsifiedNumel = 2147483647;
 
-// The threshold Top-k hint of the Top-k ops: float32, 2 elements, contiguous, on x's device.
-void check_threshold_hint(const std::optional<at::Tensor>& threshold, const at::Tensor& x, const char* op);
+// 1 <= k <= numel.
+void check_k(int64_t k, int64_t numel, const char* op);
 
-void check_topk_args(const at::Tensor& x, int64_t k, const char* op);
+// topk: x float32, bfloat16 or float16, dense; 1 <= k <= numel; the threshold hint, when given,
+// float32, 2 elements, contiguous, on x's device (as every Top-k op's).
+void check_topk_args(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& threshold);
 
-// g and the in-place state it updates (named state_name in messages): same shape, dtype,
-// device, contiguous state.
-void check_stateful_encode_args(const at::Tensor& g, const at::Tensor& state,
-                                const char* state_name, int64_t k, const char* op);
+// Rand-k: x a float tensor, 1 <= k <= numel, step >= 0, rank (when given) >= 0.
+void check_randk_args(const at::Tensor& x, int64_t k, int64_t step, std::optional<int64_t> rank, const char* op);
 
-// Encoders with two states (EF21-SGDM: v and h_local; EControl: e and h_local) and a
-// parameter eta in [0, 1].
-void check_two_state_encode_args(const at::Tensor& g, const at::Tensor& first,
-                                 const char* first_name, const at::Tensor& h_local, int64_t k,
-                                 double eta, const char* op);
+// The encodes, one check per op: the source a and its optional in-place state b (same shape,
+// dtype and device as a, contiguous), scale finite, and the family's own arguments (Top-k: k
+// and the hint; Rand-k: as check_randk_args; quantizers: the configuration, quant_config, and
+// the rounding the scheme allows, step and rank >= 0; dense: clip, when given, positive and
+// finite).
+void check_topk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
+                            const std::optional<at::Tensor>& threshold);
+void check_randk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, int64_t step,
+                             double scale, std::optional<int64_t> rank);
+QuantConfig check_quant_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, c10::string_view scheme,
+                                    int64_t levels, int64_t block, bool stochastic, int64_t step, int64_t rank,
+                                    double scale);
+void check_dense_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, std::optional<double> clip,
+                             double scale);
 
-// Clip21's encoder: g, h_local, and a positive finite threshold tau.
+// The decode-adds, one check per op: h (float, contiguous), `gathered` as [rows, nbytes] uint8,
+// contiguous, 4-byte aligned, on h's device, with rows of the layout's nbytes; scale finite;
+// weights, when given, a float32 1-D contiguous tensor of `rows` values on h's device (finite
+// when on the CPU: reading a CUDA tensor's values would wait for the device).
+wire::SparseLayout check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
+                                          const std::optional<at::Tensor>& weights);
+wire::DenseLayout check_randk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t step,
+                                          double scale, const std::optional<at::Tensor>& weights);
+QuantConfig check_quant_decode_args(const at::Tensor& h, const at::Tensor& gathered, c10::string_view scheme,
+                                    int64_t levels, int64_t block, double scale,
+                                    const std::optional<at::Tensor>& weights);
+wire::DenseLayout check_dense_decode_args(const at::Tensor& h, const at::Tensor& gathered, double scale,
+                                          const std::optional<at::Tensor>& weights);
+
 // MoTEF's tracking step: g, M, V, G, G_mean of one shape, dtype and device, the four states
 // contiguous; lam and gamma in (0, 1].
 void check_motef_track_args(const at::Tensor& g, const at::Tensor& M, const at::Tensor& V, const at::Tensor& G,
                             const at::Tensor& G_mean, double lam, double gamma, const char* op);
 
-void check_clip21_args(const at::Tensor& g, const at::Tensor& h_local, double tau, const char* op);
-
-// Returns the layout that `gathered` rows must follow; weights (if any): one finite value
-// per row.
-TopkMessageLayout check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered,
-                                         int64_t k, std::optional<at::ArrayRef<double>> weights,
-                                         const char* op);
-
-// `gathered` as [rows, dense_message_nbytes(h.numel())] uint8, for h; world_size, if given,
-// at least the number of rows.
-void check_dense_decode_args(const at::Tensor& h, const at::Tensor& gathered,
-                             std::optional<int64_t> world_size, const char* op);
-
-// The lazy trigger: g, h_local and y alike, zeta >= 0.
-void check_lazy_trigger_args(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,
-                             double zeta, const char* op);
+// The lazy trigger: g, h_local and y alike, zeta >= 0 and finite.
+void check_lazy_trigger_args(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y, double zeta,
+                             const char* op);
 
 // AdaCGD's ladder: at least one rung, strictly increasing, each in [1, numel].
 void check_ladder(at::IntArrayRef ks, int64_t numel, const char* op);
-
-// Blockwise quantizers: the scheme's number goes to *scheme_id; returns the message layout.
-// QSGD and natural are stochastic by definition, sign deterministic; step and rank >= 0.
-QuantMessageLayout check_quantize_args(const at::Tensor& x, c10::string_view scheme, int64_t levels,
-                                       int64_t block, bool stochastic, int64_t step, int64_t rank,
-                                       int32_t* scheme_id, const char* op);
-
-// ef21_quantize_: g and h_local as for the other EF21 encoders, then check_quantize_args.
-QuantMessageLayout check_ef21_quantize_args(const at::Tensor& g, const at::Tensor& h_local,
-                                            c10::string_view scheme, int64_t levels, int64_t block,
-                                            bool stochastic, int64_t step, int64_t rank, int32_t* scheme_id);
-
-// `gathered` as [rows, quant_message_nbytes(h.numel(), ...)] uint8; scale finite; weights
-// (if any) one finite value per row.
-QuantMessageLayout check_quant_decode_args(const at::Tensor& h, const at::Tensor& gathered,
-                                           c10::string_view scheme, int64_t levels, int64_t block,
-                                           double scale, std::optional<at::ArrayRef<double>> weights,
-                                           int32_t* scheme_id, const char* op);
-
-// Rand-k: x a float tensor, 1 <= k <= numel, step >= 0.
-void check_randk_args(const at::Tensor& x, int64_t k, int64_t step, const char* op);
-
-// `gathered` as [rows, dense_message_nbytes(k, h.dtype)] uint8, plus check_randk_args on h.
-void check_randk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t step,
-                             double scale, std::optional<at::ArrayRef<double>> weights,
-                             const char* op);
 
 }  // namespace efcomm

@@ -15,11 +15,7 @@
 // Header-only, torch-free, usable from host code and from CUDA device code.
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define EFCOMM_HD __host__ __device__ __forceinline__
-#else
-#define EFCOMM_HD inline
-#endif
+#include "kernels/host_device.h"
 
 namespace efcomm::rng {
 
@@ -78,6 +74,18 @@ EFCOMM_HD uint64_t splitmix64(uint64_t z) {
 // The 64-bit stream of one (step, bucket, purpose, rank); computed on the host.
 EFCOMM_HD uint64_t stream_id(uint64_t step, uint64_t bucket, uint64_t purpose, uint64_t rank) {
   return splitmix64(splitmix64(splitmix64(splitmix64(step) ^ bucket) ^ purpose) ^ rank);
+}
+
+// Stochastic rounding draws differ per rank.
+EFCOMM_HD uint64_t rounding_stream(int64_t step, int64_t bucket, int64_t rank) {
+  return stream_id(static_cast<uint64_t>(step), static_cast<uint64_t>(bucket), kStochasticRounding,
+                   static_cast<uint64_t>(rank));
+}
+
+// Rand-k indices: shared by every rank (rank < 0), or keyed by the rank (independent indices).
+EFCOMM_HD uint64_t randk_stream(int64_t step, int64_t bucket, int64_t rank) {
+  return stream_id(static_cast<uint64_t>(step), static_cast<uint64_t>(bucket), kRandKIndices,
+                   rank < 0 ? kSharedRank : static_cast<uint64_t>(rank));
 }
 
 }  // namespace efcomm::rng

@@ -18,11 +18,17 @@ inline unsigned int grid_for(int64_t n) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(blocks, 65535 * 8)));
 }
 
+// Throws for a failed CUDA runtime call (a CUB call, a memset), naming it.
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("efcomm: ") + what + " failed: " + cudaGetErrorString(err));
+  }
+}
+
 inline void check_launch(const char* kernel) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("efcomm: launching ") + kernel + " failed: " +
-                             cudaGetErrorString(err));
+    throw std::runtime_error(std::string("efcomm: launching ") + kernel + " failed: " + cudaGetErrorString(err));
   }
 }
 

@@ -4,10 +4,10 @@
 #include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
+#include <algorithm>
 #include <iterator>
-#include <string>
 
-#include "kernels/float_convert.cuh"
+#include "kernels/cuda_storage.cuh"
 #include "kernels/launch.cuh"
 
 namespace efcomm::kernels {
@@ -49,37 +49,23 @@ struct BoundedOutput {
 
 namespace {
 
+// A value's key: the bits of its magnitude (they order magnitudes), every NaN the largest key.
 template <typename T>
-struct KeyBits;
-template <>
-struct KeyBits<float> {
-  static constexpr int bits = 31;
-  __device__ static uint32_t of(float v) {
-    const uint32_t magnitude = __float_as_uint(v) & 0x7FFFFFFFu;
-    return magnitude > 0x7F800000u ? 0x7FFFFFFFu : magnitude;  // every NaN ranks first
-  }
-};
-template <>
-struct KeyBits<__half> {
-  static constexpr int bits = 15;
-  __device__ static uint32_t of(__half v) {
-    const uint32_t magnitude = __half_as_ushort(v) & 0x7FFFu;
-    return magnitude > 0x7C00u ? 0x7FFFu : magnitude;
-  }
-};
-template <>
-struct KeyBits<__nv_bfloat16> {
-  static constexpr int bits = 15;
-  __device__ static uint32_t of(__nv_bfloat16 v) {
-    const uint32_t magnitude = __bfloat16_as_ushort(v) & 0x7FFFu;
-    return magnitude > 0x7F80u ? 0x7FFFu : magnitude;
+struct KeyBits {
+  static constexpr int bits = 8 * static_cast<int>(sizeof(T)) - 1;
+  __device__ static uint32_t of(T v) {
+    uint32_t raw = 0;
+    memcpy(&raw, &v, sizeof(T));
+    const uint32_t mask = (1u << bits) - 1u;
+    const uint32_t magnitude = raw & mask;
+    return magnitude > infinity_bits(StorageTraits<T>::kFormat) ? mask : magnitude;
   }
 };
 
 template <typename T>
 __device__ __forceinline__ T source_value(const TopkSource<T>& src, int64_t i) {
   if (src.b == nullptr) return src.a[i];
-  return from_float<T>(__fsub_rn(to_float(src.a[i]), to_float(src.b[i])));
+  return store<T>(load(src.a[i]) - load(src.b[i]));
 }
 
 template <typename T>
@@ -181,7 +167,7 @@ struct ReachesHint {
   TopkSource<T> src;
   const float* hint;
   __device__ bool operator()(int64_t i) const {
-    const float v = to_float(source_value(src, i));
+    const float v = load(source_value(src, i));
     return isnan(v) || fabsf(v) >= hint[0];
   }
 };
@@ -214,75 +200,45 @@ __global__ void narrow_indices_kernel(const int64_t* __restrict__ wide, int64_t 
   }
 }
 
-template <typename T>
-__global__ void pack_difference_kernel(const T* __restrict__ a, T* __restrict__ b,
-                                       const int32_t* __restrict__ indices, int64_t k,
-                                       T* __restrict__ msg_values, int32_t* __restrict__ msg_indices) {
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < k;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int32_t i = indices[t];
-    const float before = to_float(b[i]);
-    const T value = from_float<T>(__fsub_rn(to_float(a[i]), before));
-    msg_values[t] = value;
-    msg_indices[t] = i;
-    b[i] = from_float<T>(__fadd_rn(before, to_float(value)));
-  }
-}
-
-void check_cub(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("efcomm: ") + what + " failed: " + cudaGetErrorString(err));
-  }
-}
-
 size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// The workspace of topk_finish, carved in this order.
+// Temporary storage of cub::DeviceSelect::If over `items` entries of `in` into int64 indices.
+template <typename In, typename Predicate>
+size_t select_bytes(In in, int64_t items, Predicate predicate) {
+  size_t bytes = 0;
+  check_cuda(cub::DeviceSelect::If(nullptr, bytes, in, static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
+                                   static_cast<::cuda::std::int64_t>(items), predicate),
+             "cub::DeviceSelect::If (size query)");
+  return bytes;
+}
+
+// The workspace of topk_finish: three int64 arrays of m entries (the candidates, the ties, the
+// selection), two uint32 arrays of m (the keys, the sorted keys), 32 int64 scalars (three results,
+// three counts; 256 bytes), then CUB's temporary storage; m = the candidates rounded up to 64, so
+// that every part starts 256-byte aligned.
 struct FinishLayout {
-  size_t candidates, keys, sorted, equal, wide, scalars, counts, cub_temp, total;
+  int64_t m;
+  size_t cub_temp, total;
 };
 
 template <typename T>
 FinishLayout finish_layout(int64_t n, int64_t candidates) {
-  const size_t m = static_cast<size_t>(candidates);
   FinishLayout layout{};
-  layout.candidates = align_up(m * sizeof(int64_t));
-  layout.keys = align_up(m * sizeof(uint32_t));
-  layout.sorted = align_up(m * sizeof(uint32_t));
-  layout.equal = align_up(m * sizeof(int64_t));
-  layout.wide = align_up(m * sizeof(int64_t));
-  layout.scalars = align_up(3 * sizeof(int64_t));
-  layout.counts = align_up(3 * sizeof(int64_t));
+  layout.m = (candidates + 63) / 64 * 64;
   // The largest temporary storage of the CUB calls (queried with null storage).
-  size_t temp = 0, bytes = 0;
   const thrust::counting_iterator<int64_t> first(0);
+  const auto* given = static_cast<const int64_t*>(nullptr);
   const TopkSource<T> none{nullptr, nullptr};
-  check_cub(cub::DeviceSelect::If(nullptr, bytes, first, static_cast<int64_t*>(nullptr),
-                                  static_cast<int64_t*>(nullptr), static_cast<::cuda::std::int64_t>(n),
-                                  InOrAboveBin<T>{none, nullptr}),
-            "cub::DeviceSelect::If (size query)");
-  temp = bytes > temp ? bytes : temp;
-  bytes = 0;
-  check_cub(cub::DeviceSelect::If(nullptr, bytes, static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
-                                  static_cast<int64_t*>(nullptr), static_cast<::cuda::std::int64_t>(candidates),
-                                  Selected<T>{none, nullptr}),
-            "cub::DeviceSelect::If (size query)");
-  temp = bytes > temp ? bytes : temp;
-  bytes = 0;
-  check_cub(cub::DeviceSelect::If(nullptr, bytes, static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
-                                  static_cast<int64_t*>(nullptr), static_cast<::cuda::std::int64_t>(candidates),
-                                  EqualsThreshold<T>{none, nullptr}),
-            "cub::DeviceSelect::If (size query)");
-  temp = bytes > temp ? bytes : temp;
-  bytes = 0;
-  check_cub(cub::DeviceRadixSort::SortKeysDescending(nullptr, bytes, static_cast<const uint32_t*>(nullptr),
-                                                     static_cast<uint32_t*>(nullptr), candidates, 0,
-                                                     KeyBits<T>::bits),
-            "cub::DeviceRadixSort::SortKeysDescending (size query)");
-  temp = bytes > temp ? bytes : temp;
+  size_t sort = 0;
+  check_cuda(cub::DeviceRadixSort::SortKeysDescending(nullptr, sort, static_cast<const uint32_t*>(nullptr),
+                                                      static_cast<uint32_t*>(nullptr), candidates, 0, KeyBits<T>::bits),
+             "cub::DeviceRadixSort::SortKeysDescending (size query)");
+  const size_t temp = std::max({select_bytes(first, n, InOrAboveBin<T>{none, nullptr}),
+                                select_bytes(given, candidates, Selected<T>{none, nullptr}),
+                                select_bytes(given, candidates, EqualsThreshold<T>{none, nullptr}), sort});
   layout.cub_temp = align_up(temp);
-  layout.total = layout.candidates + layout.keys + layout.sorted + layout.equal + layout.wide +
-                 layout.scalars + layout.counts + layout.cub_temp;
+  layout.total = static_cast<size_t>(layout.m) * (3 * sizeof(int64_t) + 2 * sizeof(uint32_t)) +
+                 32 * sizeof(int64_t) + layout.cub_temp;
   return layout;
 }
 
@@ -291,7 +247,7 @@ FinishLayout finish_layout(int64_t n, int64_t candidates) {
 template <typename T>
 void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int64_t* info,
                     cudaStream_t stream) {
-  check_cub(cudaMemsetAsync(hist, 0, kTopkBins * sizeof(uint32_t), stream), "cudaMemsetAsync");
+  check_cuda(cudaMemsetAsync(hist, 0, kTopkBins * sizeof(uint32_t), stream), "cudaMemsetAsync");
   histogram_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(src, n, hist);
   check_launch("topk histogram");
   boundary_bin_kernel<<<1, 1, 0, stream>>>(hist, k, info);
@@ -306,59 +262,52 @@ size_t topk_finish_workspace(int64_t n, int64_t candidates) {
 template <typename T>
 void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
                  void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
-                 const int64_t* given_candidates, float* hint, bool fell_back) {
+                 const int64_t* given_candidates, const int64_t* given_count, float* hint, bool fell_back) {
   const FinishLayout layout = finish_layout<T>(n, candidates);
   if (workspace_bytes < layout.total) throw std::runtime_error("efcomm: topk_finish workspace too small");
-  auto* base = static_cast<uint8_t*>(workspace);
-  auto* cand = reinterpret_cast<int64_t*>(base);
-  base += layout.candidates;
-  auto* keys = reinterpret_cast<uint32_t*>(base);
-  base += layout.keys;
-  auto* sorted = reinterpret_cast<uint32_t*>(base);
-  base += layout.sorted;
-  auto* equal = reinterpret_cast<int64_t*>(base);
-  base += layout.equal;
-  auto* wide = reinterpret_cast<int64_t*>(base);
-  base += layout.wide;
-  auto* scalars = reinterpret_cast<int64_t*>(base);
-  base += layout.scalars;
-  auto* counts = reinterpret_cast<int64_t*>(base);
-  base += layout.counts;
-  void* temp = base;
+  const int64_t m = layout.m;
+  auto* cand = static_cast<int64_t*>(workspace);
+  int64_t* equal = cand + m;
+  int64_t* wide = equal + m;
+  auto* keys = reinterpret_cast<uint32_t*>(wide + m);
+  uint32_t* sorted = keys + m;
+  auto* scalars = reinterpret_cast<int64_t*>(sorted + m);
+  int64_t* counts = scalars + 3;
+  void* temp = scalars + 32;
   size_t temp_bytes = layout.cub_temp;
 
   const thrust::counting_iterator<int64_t> first(0);
   const int64_t* cand_in = cand;
-  if (given_candidates != nullptr) {  // the hinted path's candidates, in index order, read in place
+  const int64_t* count = counts;
+  if (given_candidates != nullptr) {  // the hinted path's candidates and their count, read in place
     cand_in = given_candidates;
-    check_cub(cudaMemcpyAsync(counts, &candidates, sizeof(int64_t), cudaMemcpyHostToDevice, stream),
-              "cudaMemcpyAsync (candidate count)");
+    count = given_count;
   } else {
     // The entries in or above the boundary bin, in index order (exactly `candidates` of them).
-    check_cub(cub::DeviceSelect::If(temp, temp_bytes, first, cand, counts, static_cast<::cuda::std::int64_t>(n),
-                                    InOrAboveBin<T>{src, info}, stream),
-              "cub::DeviceSelect::If (candidates)");
+    check_cuda(cub::DeviceSelect::If(temp, temp_bytes, first, cand, counts, static_cast<::cuda::std::int64_t>(n),
+                                     InOrAboveBin<T>{src, info}, stream),
+               "cub::DeviceSelect::If (candidates)");
   }
-  candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand_in, counts, keys);
+  candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand_in, count, keys);
   check_launch("topk candidate keys");
   temp_bytes = layout.cub_temp;
-  check_cub(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, candidates, 0,
-                                                     KeyBits<T>::bits, stream),
-            "cub::DeviceRadixSort::SortKeysDescending");
+  check_cuda(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, candidates, 0,
+                                                      KeyBits<T>::bits, stream),
+             "cub::DeviceRadixSort::SortKeysDescending");
   threshold_kernel<<<1, 1, 0, stream>>>(sorted, k, scalars);
   check_launch("topk threshold");
   // The candidates equal to the threshold, in index order; the first scalars[1] are taken.
   temp_bytes = layout.cub_temp;
-  check_cub(cub::DeviceSelect::If(temp, temp_bytes, cand_in, equal, counts + 1,
-                                  static_cast<::cuda::std::int64_t>(candidates), EqualsThreshold<T>{src, scalars},
-                                  stream),
-            "cub::DeviceSelect::If (ties)");
+  check_cuda(cub::DeviceSelect::If(temp, temp_bytes, cand_in, equal, counts + 1,
+                                   static_cast<::cuda::std::int64_t>(candidates), EqualsThreshold<T>{src, scalars},
+                                   stream),
+             "cub::DeviceSelect::If (ties)");
   last_tie_kernel<<<1, 1, 0, stream>>>(equal, scalars);
   check_launch("topk last tie");
   temp_bytes = layout.cub_temp;
-  check_cub(cub::DeviceSelect::If(temp, temp_bytes, cand_in, wide, counts + 2,
-                                  static_cast<::cuda::std::int64_t>(candidates), Selected<T>{src, scalars}, stream),
-            "cub::DeviceSelect::If (selection)");
+  check_cuda(cub::DeviceSelect::If(temp, temp_bytes, cand_in, wide, counts + 2,
+                                   static_cast<::cuda::std::int64_t>(candidates), Selected<T>{src, scalars}, stream),
+             "cub::DeviceSelect::If (selection)");
   narrow_indices_kernel<<<grid_for(k), kThreads, 0, stream>>>(wide, k, out_indices);
   check_launch("topk narrow indices");
   if (hint != nullptr) {
@@ -372,9 +321,9 @@ size_t topk_hinted_workspace(int64_t n, int64_t cap) {
   size_t bytes = 0;
   const thrust::counting_iterator<int64_t> first(0);
   const TopkSource<T> none{nullptr, nullptr};
-  check_cub(cub::DeviceSelect::If(nullptr, bytes, first, BoundedOutput{nullptr, cap, 0}, static_cast<int64_t*>(nullptr),
-                                  static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{none, nullptr}),
-            "cub::DeviceSelect::If (size query)");
+  check_cuda(cub::DeviceSelect::If(nullptr, bytes, first, BoundedOutput{nullptr, cap, 0}, static_cast<int64_t*>(nullptr),
+                                   static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{none, nullptr}),
+             "cub::DeviceSelect::If (size query)");
   return bytes;
 }
 
@@ -382,27 +331,19 @@ template <typename T>
 void topk_hinted_candidates(TopkSource<T> src, int64_t n, const float* hint, int64_t cap, void* workspace,
                             size_t workspace_bytes, int64_t* candidates, int64_t* count, cudaStream_t stream) {
   const thrust::counting_iterator<int64_t> first(0);
-  check_cub(cub::DeviceSelect::If(workspace, workspace_bytes, first, BoundedOutput{candidates, cap, 0}, count,
-                                  static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{src, hint}, stream),
-            "cub::DeviceSelect::If (hinted candidates)");
-}
-
-template <typename T>
-void pack_difference(const T* a, T* b, const int32_t* indices, int64_t k, T* msg_values,
-                     int32_t* msg_indices, cudaStream_t stream) {
-  pack_difference_kernel<T><<<grid_for(k), kThreads, 0, stream>>>(a, b, indices, k, msg_values, msg_indices);
-  check_launch("pack_difference");
+  check_cuda(cub::DeviceSelect::If(workspace, workspace_bytes, first, BoundedOutput{candidates, cap, 0}, count,
+                                   static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{src, hint}, stream),
+             "cub::DeviceSelect::If (hinted candidates)");
 }
 
 #define EFCOMM_INSTANTIATE(T)                                                                        \
   template void topk_histogram<T>(TopkSource<T>, int64_t, int64_t, uint32_t*, int64_t*, cudaStream_t); \
   template size_t topk_finish_workspace<T>(int64_t, int64_t);                                                  \
   template void topk_finish<T>(TopkSource<T>, int64_t, int64_t, const int64_t*, int64_t, void*,      \
-                               size_t, int32_t*, cudaStream_t, const int64_t*, float*, bool);        \
+                               size_t, int32_t*, cudaStream_t, const int64_t*, const int64_t*, float*, bool); \
   template size_t topk_hinted_workspace<T>(int64_t, int64_t);                                          \
   template void topk_hinted_candidates<T>(TopkSource<T>, int64_t, const float*, int64_t, void*, size_t, \
-                                          int64_t*, int64_t*, cudaStream_t);                          \
-  template void pack_difference<T>(const T*, T*, const int32_t*, int64_t, T*, int32_t*, cudaStream_t);
+                                          int64_t*, int64_t*, cudaStream_t);
 
 EFCOMM_INSTANTIATE(float)
 EFCOMM_INSTANTIATE(__half)

@@ -3,7 +3,7 @@
 // int64 sizes, an explicit stream). The ranked values are x[i], or T(a[i] - b[i]) for the
 // error-feedback encoders, computed on the fly and never materialised.
 //
-// Order (the CPU reference's, csrc/cpu_ops.cpp): larger magnitude first, every NaN above
+// Order (the CPU reference's, csrc/topk_cpu.cpp): larger magnitude first, every NaN above
 // +inf, ties to the lower index. The magnitude's bits order magnitudes (IEEE formats), so
 // each value gets an unsigned key (fp32: 31 bits; fp16/bf16: 15 bits; all NaNs the largest).
 //
@@ -15,7 +15,8 @@
 //      equal to T are taken; the lowest such indices are kept; a last stable selection over
 //      the candidates writes the k indices, ascending.
 // Between the passes the caller reads the candidate count (info[1] + info[2]) on the host to
-// size the workspace: one 16-byte device-to-host copy per call.
+// size the workspace: one 16-byte device-to-host copy per call. (The messages and the state
+// update: kernels/sparse_message.cuh.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -29,7 +30,7 @@ namespace efcomm::kernels {
 
 constexpr int kTopkBins = 4096;
 
-// x[i] when b is null, else T(float(a[i]) - float(b[i])).
+// a[i] when b is null, else T(float(a[i]) - float(b[i])).
 template <typename T>
 struct TopkSource {
   const T* a;
@@ -48,13 +49,15 @@ size_t topk_finish_workspace(int64_t n, int64_t candidates);
 
 // Writes the k selected indices, ascending, to out_indices (int32). The candidates are the
 // entries in or above info's boundary bin, or given_candidates (the hinted path's, in index
-// order, all of the entries that can be selected). With hint (device float[2]), writes the
-// next call's hint: hint[0] = float32(kTopkHintMargin * |k-th largest|) when finite and
-// positive, else 0; hint[1] = fell_back (1 or 0).
+// order, all of the entries that can be selected; `candidates` of them, also at the device
+// address given_count). With hint (device float[2]), writes the next call's hint:
+// hint[0] = float32(kTopkHintMargin * |k-th largest|) when finite and positive, else 0;
+// hint[1] = fell_back (1 or 0).
 template <typename T>
 void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
                  void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
-                 const int64_t* given_candidates = nullptr, float* hint = nullptr, bool fell_back = false);
+                 const int64_t* given_candidates = nullptr, const int64_t* given_count = nullptr,
+                 float* hint = nullptr, bool fell_back = false);
 
 // The hinted path (threshold Top-k): one pass writes, in index order, the entries whose
 // magnitude reaches hint[0] (and NaNs), keeping the first cap of them, and counts them all
@@ -66,11 +69,5 @@ size_t topk_hinted_workspace(int64_t n, int64_t cap);
 template <typename T>
 void topk_hinted_candidates(TopkSource<T> src, int64_t n, const float* hint, int64_t cap, void* workspace,
                             size_t workspace_bytes, int64_t* candidates, int64_t* count, cudaStream_t stream);
-
-// For t < k, i = indices[t], v = T(float(a[i]) - float(b[i])):
-// msg_values[t] = v; msg_indices[t] = i; b[i] = T(float(b[i]) + float(v)) (EF21: h_local += c).
-template <typename T>
-void pack_difference(const T* a, T* b, const int32_t* indices, int64_t k, T* msg_values,
-                     int32_t* msg_indices, cudaStream_t stream);
 
 }  // namespace efcomm::kernels

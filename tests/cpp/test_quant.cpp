@@ -1,4 +1,5 @@
-// The counter-based generator, the e4m3 rules and the quantizer / Rand-k ops, without Python.
+// The counter-based generator, the quantizer codecs and registry, Rand-k's rule, and the quantizer
+// and Rand-k ops, without Python.
 #include <ATen/core/PhiloxRNGEngine.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <gtest/gtest.h>
@@ -11,7 +12,8 @@
 
 #include "csrc/ops.h"
 #include "kernels/counter_rng.h"
-#include "kernels/quant_codec.h"
+#include "kernels/quant_schemes.h"
+#include "kernels/randk_rule.h"
 
 namespace efcomm {
 namespace {
@@ -55,41 +57,97 @@ TEST(CounterRng, MatchesPyTorchsPhiloxEngine) {
 // Every finite e4m3 value encodes to its own code, and rounding agrees with c10::Float8_e4m3fn
 // (round to nearest even) over a sweep of magnitudes up to 448.
 TEST(QuantCodec, E4m3RoundingMatchesC10) {
+  using quant::Fp8Codec;
   for (uint32_t code = 0; code <= 0x7E; ++code) {
-    EXPECT_EQ(quant::e4m3_magnitude_code(quant::e4m3_magnitude(code), 0.0f, false), code);
+    EXPECT_EQ(Fp8Codec::magnitude_code(Fp8Codec::magnitude(code), 0.0f, false), code);
   }
   for (float a = 1e-4f; a <= 448.0f; a *= 1.0007f) {
     const c10::Float8_e4m3fn reference(a);
-    EXPECT_EQ(quant::e4m3_magnitude_code(a, 0.0f, false), static_cast<uint32_t>(reference.x)) << a;
+    EXPECT_EQ(Fp8Codec::magnitude_code(a, 0.0f, false), static_cast<uint32_t>(reference.x)) << a;
   }
 }
 
 TEST(QuantCodec, BitsPerEntry) {
-  EXPECT_EQ(quant::bits_per_entry(quant::kQSGD, 1), 2);
-  EXPECT_EQ(quant::bits_per_entry(quant::kQSGD, 3), 3);
-  EXPECT_EQ(quant::bits_per_entry(quant::kQSGD, 7), 4);
-  EXPECT_EQ(quant::bits_per_entry(quant::kQSGD, 15), 5);
-  EXPECT_EQ(quant::bits_per_entry(quant::kQSGD, 127), 8);
-  EXPECT_EQ(quant::bits_per_entry(quant::kSign, 0), 1);
-  EXPECT_EQ(quant::bits_per_entry(quant::kNatural, 0), 8);
+  EXPECT_EQ(quant::QsgdCodec::bits(1), 2);
+  EXPECT_EQ(quant::QsgdCodec::bits(3), 3);
+  EXPECT_EQ(quant::QsgdCodec::bits(7), 4);
+  EXPECT_EQ(quant::QsgdCodec::bits(15), 5);
+  EXPECT_EQ(quant::QsgdCodec::bits(127), 8);
+  EXPECT_EQ(quant::SignCodec::bits(0), 1);
+  EXPECT_EQ(quant::NaturalCodec::bits(0), 8);
+  EXPECT_EQ(quant::Int8Codec::bits(0), 8);
+  EXPECT_EQ(quant::Int4Codec::bits(0), 4);
+}
+
+// The registry names every scheme once, and ids follow the list.
+TEST(QuantCodec, RegistryLooksUpEveryScheme) {
+  int32_t id = 0;
+  std::vector<std::string> names;
+#define EFCOMM_EXPECT_SCHEME(Codec)                         \
+  EXPECT_EQ(quant::scheme_id(Codec::kName), id) << Codec::kName; \
+  names.push_back(Codec::kName);                             \
+  ++id;
+  EFCOMM_QUANT_SCHEMES(EFCOMM_EXPECT_SCHEME)
+#undef EFCOMM_EXPECT_SCHEME
+  EXPECT_EQ(quant::scheme_id("bits"), -1);
+  EXPECT_FALSE(quant::with_codec(id, [](auto) {}));
+  EXPECT_EQ(names.front(), "qsgd");
+  EXPECT_NE(quant::scheme_names().find("'fp8'"), std::string::npos);
+}
+
+// Sign extension of the scaled integers and the saturation of natural's exponent.
+TEST(QuantCodec, DecodesAnyHeaderBits) {
+  EXPECT_EQ(quant::Int8Codec::decode(float_field(0.5f), 0x81, 0), -63.5f);
+  EXPECT_EQ(quant::NaturalCodec::decode(0x7FFFFFFFu, 0x01, 0), INFINITY);
+  EXPECT_EQ(quant::NaturalCodec::decode(0x80000001u, 0x81, 0), -0.0f);
+  EXPECT_TRUE(std::isnan(quant::NaturalCodec::decode(0x80000000u, 0x01, 0)));
+  EXPECT_EQ(quant::Int8Codec::decode(0x00000001u, 0x02, 0), 2 * 1.40129846e-45f);  // a subnormal scale
+  EXPECT_EQ(quant::Int4Codec::decode(float_field(0.5f), 0x9, 0), -3.5f);             // 4-bit -7
+  EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), -3.4f, 0.0f, false, 0), 0x9u);
+  EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), 9.0f, 0.0f, false, 0), 0x7u);  // clamped to 7
 }
 
 TEST(QuantOps, Int8RoundTripIsExactOnItsGrid) {
   const at::Tensor x = torch::arange(-127, 128, torch::kFloat).mul(0.25);
-  const at::Tensor message = quantize_cpu(x, "int8", 0, 256, false, 0, 0, 0, 0);
+  const at::Tensor message = quant_encode_cpu(x, std::nullopt, "int8", 0, 256, false, 0, 0, 0, 0);
   EXPECT_EQ(message.numel(), 4 + 256);
   at::Tensor out = torch::zeros({255});
-  quant_decode_add_cpu(out, message.unsqueeze(0), "int8", 0, 256, 1.0, std::nullopt);
+  quant_decode_add_cpu(out, message.unsqueeze(0), "int8", 0, 256);
   EXPECT_TRUE(torch::equal(out, x));
 }
 
-TEST(QuantOps, RandkIndicesAreSharedDistinctAndInRange) {
+TEST(RandkRule, PermutationIsABijectionOfEverySize) {
+  for (const int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{255}, int64_t{256}, int64_t{257}, int64_t{5000}}) {
+    const randk::Permutation pi = randk::permutation(3, rng::randk_stream(1, 2, -1), n);
+    std::vector<bool> seen(n, false);
+    for (int64_t t = 0; t < n; ++t) {
+      const uint32_t i = pi(static_cast<uint32_t>(t));
+      ASSERT_LT(i, static_cast<uint32_t>(n));
+      EXPECT_FALSE(seen[i]) << "n " << n << " value " << i;
+      seen[i] = true;
+    }
+  }
+}
+
+TEST(RandkRule, WindowInAscendingOrder) {
+  // n = 10, k = 4 from offset 8: message order 8, 9, 0, 1; ascending 0, 1, 8, 9.
+  std::vector<int64_t> message, ascending;
+  for (int64_t t = 0; t < 4; ++t) {
+    message.push_back(randk::window_index(8, 10, 4, t, false));
+    ascending.push_back(randk::window_index(8, 10, 4, t, true));
+  }
+  EXPECT_EQ(message, (std::vector<int64_t>{8, 9, 0, 1}));
+  EXPECT_EQ(ascending, (std::vector<int64_t>{0, 1, 8, 9}));
+}
+
+TEST(RandkOps, IndicesAreSharedDistinctAndInRange) {
   const at::Tensor x = torch::zeros({1000});
   const at::Tensor a = randk_indices_cpu(x, 100, 5, 2, 3, false);
   EXPECT_TRUE(torch::equal(a, randk_indices_cpu(x, 100, 5, 2, 3, false)));
   EXPECT_TRUE(torch::equal(a, std::get<0>(at::_unique(a, /*sorted=*/true))));
   EXPECT_GE(a.min().item<int64_t>(), 0);
   EXPECT_LT(a.max().item<int64_t>(), 1000);
+  EXPECT_FALSE(torch::equal(a, randk_indices_cpu(x, 100, 5, 2, 3, false, 0)));  // a rank's own
 }
 
 #ifdef EFCOMM_WITH_CUDA
@@ -112,15 +170,16 @@ TEST_P(QuantCudaTest, MatchesCpuBitForBit) {
     for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
       torch::manual_seed(numel);
       const at::Tensor x = torch::randn({numel}).to(dtype);
-      const at::Tensor cpu = quantize_cpu(x, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
-      const at::Tensor gpu = quantize_cuda(x.cuda(), c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
+      const at::Tensor cpu = quant_encode_cpu(x, std::nullopt, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
+      const at::Tensor gpu = quant_encode_cuda(x.cuda(), std::nullopt, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
       ASSERT_TRUE(torch::equal(cpu, gpu.cpu())) << c.scheme << " numel " << numel;
       const at::Tensor gathered = torch::stack({cpu, cpu.flip(0)});
       at::Tensor h_cpu = torch::zeros({numel}, x.options());
       at::Tensor h_gpu = h_cpu.cuda();
-      quant_decode_add_cpu(h_cpu, gathered, c.scheme, c.levels, 256, 0.5, std::nullopt);
-      quant_decode_add_cuda(h_gpu, gathered.cuda(), c.scheme, c.levels, 256, 0.5, std::nullopt);
-      EXPECT_TRUE(torch::equal(h_cpu, h_gpu.cpu())) << c.scheme << " numel " << numel;
+      quant_decode_add_cpu(h_cpu, gathered, c.scheme, c.levels, 256, 0.5);
+      quant_decode_add_cuda(h_gpu, gathered.cuda(), c.scheme, c.levels, 256, 0.5);
+      // Byte for byte: the reversed row's headers are arbitrary bits (NaN, inf, subnormal).
+      EXPECT_TRUE(torch::equal(h_cpu.view(at::kByte), h_gpu.cpu().view(at::kByte))) << c.scheme << " numel " << numel;
     }
   }
 }
@@ -129,7 +188,8 @@ INSTANTIATE_TEST_SUITE_P(
     Schemes, QuantCudaTest,
     ::testing::Values(QuantCase{"qsgd", 7, true}, QuantCase{"qsgd", 3, true}, QuantCase{"natural", 0, true},
                       QuantCase{"sign", 0, false}, QuantCase{"int8", 0, false}, QuantCase{"int8", 0, true},
-                      QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true}),
+                      QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true}, QuantCase{"int4", 0, false},
+                      QuantCase{"int4", 0, true}),
     [](const ::testing::TestParamInfo<QuantCase>& info) {
       return std::string(info.param.scheme) + "_" + std::to_string(info.param.levels) +
              (info.param.stochastic ? "_stochastic" : "_nearest");
@@ -139,10 +199,12 @@ TEST(RandkCuda, MatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const at::Tensor x = torch::randn({(1 << 20) + 3});
   for (const bool window : {false, true}) {
-    EXPECT_TRUE(torch::equal(randk_indices_cpu(x, 1000, 1, 2, 3, window),
-                             randk_indices_cuda(x.cuda(), 1000, 1, 2, 3, window).cpu()));
-    EXPECT_TRUE(torch::equal(randk_encode_cpu(x, 1000, 1, 2, 3, window),
-                             randk_encode_cuda(x.cuda(), 1000, 1, 2, 3, window).cpu()));
+    for (const std::optional<int64_t> rank : {std::optional<int64_t>(), std::optional<int64_t>(2)}) {
+      EXPECT_TRUE(torch::equal(randk_indices_cpu(x, 1000, 1, 2, 3, window, rank),
+                               randk_indices_cuda(x.cuda(), 1000, 1, 2, 3, window, rank).cpu()));
+      EXPECT_TRUE(torch::equal(randk_encode_cpu(x, std::nullopt, 1000, 1, 2, 3, window, 1.0, rank),
+                               randk_encode_cuda(x.cuda(), std::nullopt, 1000, 1, 2, 3, window, 1.0, rank).cpu()));
+    }
   }
 }
 #endif

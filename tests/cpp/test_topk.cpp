@@ -74,6 +74,7 @@ TEST(TopkCuda, MatchesCpuReference) {
       const auto [v_gpu, i_gpu] = topk_cuda(x.cuda(), k);
       EXPECT_TRUE(torch::equal(i_cpu, i_gpu.cpu())) << dtype << " numel=" << numel;
       EXPECT_TRUE(torch::equal(v_cpu, v_gpu.cpu())) << dtype << " numel=" << numel;
+      EXPECT_TRUE(torch::equal(topk_encode_cpu(x, std::nullopt, k), topk_encode_cuda(x.cuda(), std::nullopt, k).cpu()));
     }
   }
 #else
@@ -112,8 +113,8 @@ TEST(TopkCuda, ThresholdPathMatchesCpuReference) {
     at::Tensor hint_cpu = torch::zeros({2});
     at::Tensor hint_gpu = hint_cpu.cuda();
     for (int step = 0; step < 4; ++step) {  // step 0 falls back; then the one-pass path
-      const at::Tensor m_cpu = ef21_topk_encode_cpu(g, h_cpu, k, hint_cpu);
-      const at::Tensor m_gpu = ef21_topk_encode_cuda(g.cuda(), h_gpu, k, hint_gpu);
+      const at::Tensor m_cpu = topk_encode_cpu(g, h_cpu, k, 1.0, hint_cpu);
+      const at::Tensor m_gpu = topk_encode_cuda(g.cuda(), h_gpu, k, 1.0, hint_gpu);
       EXPECT_TRUE(torch::equal(m_cpu, m_gpu.cpu())) << dtype << " step " << step;
       EXPECT_TRUE(torch::equal(h_cpu, h_gpu.cpu())) << dtype << " step " << step;
       EXPECT_TRUE(torch::equal(hint_cpu, hint_gpu.cpu())) << dtype << " step " << step;

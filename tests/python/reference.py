@@ -1,5 +1,12 @@
-"""Brute-force references for the op tests: full sorts and Python loops, obviously right."""
+"""Brute-force references for the op tests: full sorts, float32 tensor arithmetic one rounding at a
+time, and Python loops, obviously right."""
 import torch
+
+F32 = torch.float32
+
+
+def f32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=F32)
 
 
 def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -14,59 +21,67 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(sorted(i for _, _, i in keys[:k]), dtype=torch.int64)
 
 
-def ef21_encode(g: torch.Tensor, h_local: torch.Tensor, k: int):
-    """(d, selected indices, new h_local) of one EF21 Top-k step, rounding as the ops specify."""
+def add_own(state: torch.Tensor, values: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """state + what the decode rule adds for one message of these values: the sum starts at +0
+    (so -0 adds +0), then float32(c * 1) and float32(c * scale), then one rounding to the dtype."""
+    c = (torch.zeros_like(values, dtype=F32) + values.float()) * f32(1.0) * f32(scale)
+    return (state.float() + c).to(state.dtype)
+
+
+def ef21_encode(g: torch.Tensor, h_local: torch.Tensor, k: int, scale: float = 1.0):
+    """(d, selected indices, new h_local) of topk_encode_(g, h_local, k, scale): EF21's step."""
     d = (g.float() - h_local.float()).to(g.dtype)
     idx = topk_indices(d, k)
     new_h = h_local.clone()
-    new_h[idx] = (h_local[idx].float() + d[idx].float()).to(g.dtype)
+    new_h[idx] = add_own(h_local[idx], d[idx], scale)
     return d, idx, new_h
 
 
 def ef_encode(g: torch.Tensor, e: torch.Tensor, k: int):
-    """(p, selected indices, new e) of one classic EF Top-k step, rounding as the ops specify."""
+    """(p, selected indices, new e) of one classic EF Top-k step: p = g + e, e = p - TopK(p)."""
     p = (g.float() + e.float()).to(g.dtype)
     idx = topk_indices(p, k)
     new_e = p.clone()
-    new_e[idx] = (p[idx].float() - p[idx].float()).to(g.dtype)
+    new_e[idx] = add_own(p[idx], p[idx], -1.0)
     return p, idx, new_e
 
 
 def ef21_sgdm_encode(g, v, h_local, k, eta):
-    """(d, selected indices, new v, new h_local) of one EF21-SGDM step."""
-    keep = torch.tensor(1.0 - eta, dtype=torch.float32)
-    take = torch.tensor(eta, dtype=torch.float32)
-    new_v = (keep * v.float() + take * g.float()).to(g.dtype)
+    """(d, selected indices, new v, new h_local) of one EF21-SGDM step (v = lerp(v, g, eta))."""
+    new_v = torch.lerp(v, g, eta)
     d, idx, new_h = ef21_encode(new_v, h_local, k)
     return d, idx, new_v, new_h
 
 
 def econtrol_encode(g, e, h_local, k, eta):
-    """(p, selected indices, new e, new h_local) of one EControl step."""
+    """(p, selected indices, new e, new h_local) of one EControl step: r = T(g - h),
+    p = T(r + T(eta e)), e = T(e + r); then e -= p and h += p where sent."""
     r = (g.float() - h_local.float()).to(g.dtype)
-    feedback = (torch.tensor(eta, dtype=torch.float32) * e.float()).to(g.dtype)
+    feedback = (f32(eta) * e.float()).to(g.dtype)
     p = (r.float() + feedback.float()).to(g.dtype)
     idx = topk_indices(p, k)
     new_e = (e.float() + r.float()).to(g.dtype)
-    new_e[idx] = (new_e[idx].float() - p[idx].float()).to(g.dtype)
+    new_e[idx] = add_own(new_e[idx], p[idx], -1.0)
     new_h = h_local.clone()
-    new_h[idx] = (h_local[idx].float() + p[idx].float()).to(g.dtype)
+    new_h[idx] = add_own(h_local[idx], p[idx])
     return p, idx, new_e, new_h
 
 
-def decode_add(h: torch.Tensor, messages: list, weights=None) -> torch.Tensor:
-    """h + (1/n) sum_j c_j (float32 sum in rank order, then one scaled add), or with weights
-    h + sum_j float32(w_j c_j), on the entries some message names; the others unchanged."""
-    acc = torch.zeros(h.numel(), dtype=torch.float32)
-    named = torch.zeros(h.numel(), dtype=torch.bool)
+def decode_add(h: torch.Tensor, messages: list, weights=None, scale: float = 1.0) -> torch.Tensor:
+    """The decode rule over (values, indices) messages, per entry in Python: acc = 0; for each
+    row in rank order acc = f32(acc + (f32(w_j v_j) or v_j)); c = acc (weights) or
+    f32(acc * f32(1/n)); c = f32(c * f32(scale)); h = T(h + c) on the entries some message
+    carries; the others unchanged."""
+    acc = {}
     for j, (values, indices) in enumerate(messages):
-        w = torch.tensor(1.0 if weights is None else weights[j], dtype=torch.float32)
         for v, i in zip(values.float().tolist(), indices.tolist()):
-            acc[i] = torch.tensor(acc[i].item(), dtype=torch.float32) + w * torch.tensor(v, dtype=torch.float32)
-            named[i] = True
-    scale = 1.0 if weights is not None else 1.0 / len(messages)
-    update = acc * torch.tensor(scale, dtype=torch.float32)
-    return torch.where(named, (h.float() + update).to(h.dtype), h)
+            term = f32(v) if weights is None else f32(weights[j]) * f32(v)
+            acc[i] = acc.get(i, f32(0.0)) + term
+    out = h.clone()
+    for i, a in acc.items():
+        c = a if weights is not None else a * f32(1.0 / len(messages))
+        out[i] = (h[i].float() + c * f32(scale)).to(h.dtype)
+    return out
 
 
 def unpack(message: torch.Tensor, k: int, dtype: torch.dtype):
@@ -78,21 +93,20 @@ def unpack(message: torch.Tensor, k: int, dtype: torch.dtype):
 
 
 def clip21_encode(g, h_local, tau):
-    """(c, new h_local) of one Clip21 step: the norm in double, in index order."""
+    """(c, new h_local) of dense_encode_(g, h_local, clip=tau): the norm in double, in index order."""
     d = (g.float() - h_local.float()).to(g.dtype)
-    norm = d.double().pow(2).sum().sqrt().item() if d.numel() < 5000 else None
-    if norm is None:  # the same sum in index order, for large tensors: cumulative sum in double
-        norm = d.double().pow(2).cumsum(0)[-1].sqrt().item()
-    c = d if norm <= tau else (d.float() * torch.tensor(tau / norm, dtype=torch.float32)).to(g.dtype)
-    return c, (h_local.float() + c.float()).to(g.dtype)
+    norm = d.double().pow(2).cumsum(0)[-1].sqrt().item()  # the sum in index order
+    c = d if norm <= tau else (d.float() * f32(tau / norm)).to(g.dtype)
+    return c, add_own(h_local, c)
 
 
-def dense_decode_add(h, rows):
-    """h + (1/n) sum_j c_j for dense messages: float32 sum in rank order, one scaled add."""
-    acc = torch.zeros(h.numel(), dtype=torch.float32)
-    for values in rows:
-        acc = acc + values.float()
-    return (h.float() + acc * torch.tensor(1.0 / len(rows), dtype=torch.float32)).to(h.dtype)
+def dense_decode_add(h, rows, weights=None, scale: float = 1.0):
+    """The decode rule for dense messages, one float32 tensor operation at a time."""
+    acc = torch.zeros(h.numel(), dtype=F32)
+    for j, values in enumerate(rows):
+        acc = acc + (values.float() if weights is None else f32(weights[j]) * values.float())
+    c = acc if weights is not None else acc * f32(1.0 / len(rows))
+    return (h.float() + c * f32(scale)).to(h.dtype)
 
 
 def lazy_trigger(g, h_local, y, zeta):

@@ -1,0 +1,104 @@
+#pragma once
+// The wire format of every efcomm message, defined here and nowhere else: the op layer
+// (csrc/), the kernels and the `message_nbytes` op all use these functions. Torch-free, host
+// and device; the bit packing assumes a little-endian machine (x86, Arm, every CUDA GPU).
+//
+// A message is one contiguous uint8 buffer whose length depends only on the configuration and
+// the tensor's size, never on the data, so one all_gather_into_tensor moves every rank's. Every
+// length is a multiple of 4, so each row of a gathered [rows, nbytes] buffer keeps its 4-byte
+// fields aligned.
+//
+// Sparse (Top-k; Rand-k with per-rank indices): k entries of a dtype of value_size bytes,
+//   [0, value_bytes)               the k values, in ascending index order
+//   [value_bytes, indices_offset)  zero padding to a multiple of 4
+//   [indices_offset, nbytes)       the k int32 indices into the flattened tensor, ascending
+// Dense (Rand-k with shared indices: its k values; dense: all numel values),
+//   [0, value_bytes)               the values, in message order
+//   [value_bytes, nbytes)          zero padding to a multiple of 4
+// Quantized: numel entries cut into nblocks = ceil(numel / block) blocks of `block` entries (a
+// multiple of 32; the last block padded with zero codes), `bits` per entry (the scheme's,
+// kernels/quant_schemes.h),
+//   [0, codes_offset)              one 4-byte header per block (the scheme's)
+//   [codes_offset, nbytes)         block b's region: words_per_block = block * bits / 32 32-bit
+//                                  words; entry e of the block holds bits [e * bits, (e + 1) * bits)
+//                                  of the region, bit p being bit p % 32 of word p / 32 (a code
+//                                  may straddle two words)
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/host_device.h"
+
+namespace efcomm::wire {
+
+EFCOMM_HD constexpr int64_t align4(int64_t bytes) { return (bytes + 3) / 4 * 4; }
+
+struct SparseLayout {
+  int64_t k;
+  int64_t value_bytes;     // k * value_size
+  int64_t indices_offset;  // value_bytes rounded up to a multiple of 4
+  int64_t nbytes;          // indices_offset + 4 * k
+};
+
+EFCOMM_HD constexpr SparseLayout sparse_layout(int64_t k, int64_t value_size) {
+  return SparseLayout{k, k * value_size, align4(k * value_size), align4(k * value_size) + 4 * k};
+}
+
+struct DenseLayout {
+  int64_t count;
+  int64_t value_bytes;  // count * value_size
+  int64_t nbytes;       // value_bytes rounded up to a multiple of 4
+};
+
+EFCOMM_HD constexpr DenseLayout dense_layout(int64_t count, int64_t value_size) {
+  return DenseLayout{count, count * value_size, align4(count * value_size)};
+}
+
+struct QuantLayout {
+  int64_t numel;
+  int64_t block;
+  int64_t nblocks;
+  int64_t bits;             // per entry, at most 16
+  int64_t words_per_block;  // block * bits / 32
+  int64_t codes_offset;     // 4 * nblocks
+  int64_t nbytes;           // codes_offset + 4 * nblocks * words_per_block
+};
+
+EFCOMM_HD constexpr QuantLayout quant_layout(int64_t numel, int64_t block, int64_t bits) {
+  const int64_t nblocks = (numel + block - 1) / block;
+  const int64_t words_per_block = block * bits / 32;
+  return QuantLayout{numel, block, nblocks, bits, words_per_block, 4 * nblocks,
+                     4 * nblocks + 4 * nblocks * words_per_block};
+}
+
+EFCOMM_HD uint32_t read_header(const uint8_t* message, int64_t b) {
+  uint32_t header;
+  std::memcpy(&header, message + 4 * b, 4);
+  return header;
+}
+
+EFCOMM_HD void write_header(uint8_t* message, int64_t b, uint32_t header) {
+  std::memcpy(message + 4 * b, &header, 4);
+}
+
+// Entry i's code; the message starts at a 4-byte aligned address.
+EFCOMM_HD uint32_t read_code(const uint8_t* message, const QuantLayout& layout, int64_t i) {
+  const int64_t bit = (i % layout.block) * layout.bits;
+  const auto* words = reinterpret_cast<const uint32_t*>(message + layout.codes_offset) +
+                      (i / layout.block) * layout.words_per_block + bit / 32;
+  const int shift = static_cast<int>(bit % 32);
+  uint64_t pair = words[0];
+  if (shift + layout.bits > 32) pair |= static_cast<uint64_t>(words[1]) << 32;
+  return static_cast<uint32_t>(pair >> shift) & ((1u << layout.bits) - 1u);
+}
+
+// Sets entry i's code in a message whose codes are zero so far.
+EFCOMM_HD void write_code(uint8_t* message, const QuantLayout& layout, int64_t i, uint32_t code) {
+  const int64_t bit = (i % layout.block) * layout.bits;
+  auto* words = reinterpret_cast<uint32_t*>(message + layout.codes_offset) +
+                (i / layout.block) * layout.words_per_block + bit / 32;
+  const int shift = static_cast<int>(bit % 32);
+  words[0] |= code << shift;
+  if (shift + layout.bits > 32) words[1] |= code >> (32 - shift);
+}
+
+}  // namespace efcomm::wire
