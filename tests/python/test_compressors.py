@@ -1,6 +1,7 @@
 """The compressors: statistics (unbiasedness, variance within omega, contraction within
-alpha), exact round trips, the fused EF21 encodes against their composition, Rand-k's
-decode, the induced compressor, and the configuration objects. (The quantizer and Rand-k ops
+alpha), exact round trips, every compressor's encode with a state against its composition
+(encode of the difference, then the decode of its own message), Rand-k's decode, the induced
+compressor, and the configuration objects. (The quantizer and Rand-k ops
 themselves, their wire layout and CPU/CUDA parity: test_quant_ops.py.)"""
 import math
 
@@ -10,7 +11,7 @@ import torch
 from conftest import DTYPES
 
 import efcomm
-from efcomm import FP8, QSGD, Context, Identity, Induced, Int8, Natural, RandK, ScaledSign, TopK, ops
+from efcomm import FP8, QSGD, Clip, Context, Identity, Induced, Int4, Int8, Natural, RandK, ScaledSign, TopK, ops
 
 D = 1000  # not a multiple of the blocks: the last block is partial
 
@@ -23,6 +24,8 @@ UNBIASED = [
     FP8(block=128, stochastic=True),
     RandK(ratio=0.1, unbiased=True),
     RandK(ratio=0.1, unbiased=True, window=True),
+    RandK(ratio=0.1, unbiased=True, shared=False),
+    Int4(block=64, stochastic=True),
     Induced(TopK(ratio=0.05), RandK(ratio=0.05, unbiased=True)),
     Induced(TopK(ratio=0.05), QSGD(levels=3, block=128)),
     Identity(),
@@ -30,7 +33,9 @@ UNBIASED = [
 CONTRACTIVE = [
     TopK(ratio=0.05),
     RandK(ratio=0.1),
+    RandK(ratio=0.1, shared=False),
     ScaledSign(block=128),
+    Int4(block=64),
     Int8(block=256),
     FP8(block=256),
     Natural(block=256),
@@ -46,7 +51,7 @@ def _x(seed=0, d=D):
 
 def _decoded(c, x, ctx):
     out = torch.zeros_like(x)
-    c.decode_add_(out, c.encode(x, ctx).unsqueeze(0), ctx)
+    c.decode_add_(out, c.encode_(x, None, ctx).unsqueeze(0), ctx)
     return out
 
 
@@ -63,11 +68,12 @@ def test_unbiased_mean_of_draws_converges_to_x(c):
     groups, m = 111, 40
     deviations = []
     for g in range(groups):
-        messages = torch.stack([c.encode(x, Context(seed=7, step=g * m + t, bucket=3, rank=1)) for t in range(m)])
+        messages = torch.stack([c.encode_(x, None, Context(seed=7, step=g * m + t, bucket=3, rank=1)) for t in range(m)])
         mean = torch.zeros_like(x)
         if isinstance(c, (RandK, Induced)):  # the indices change with the step: decode one at a time
             for t in range(m):
-                c.decode_add_(mean, messages[t : t + 1], Context(seed=7, step=g * m + t, bucket=3, rank=1), [1.0 / m])
+                ctx = Context(seed=7, step=g * m + t, bucket=3, rank=1)
+                c.decode_add_(mean, messages[t : t + 1], ctx, weights=torch.tensor([1.0 / m]))
         else:
             c.decode_add_(mean, messages, Context())  # the mean of the m rows
         deviations.append(float((mean.double() - x.double()).square().sum()))
@@ -95,7 +101,7 @@ def test_variance_within_omega(c):
         assert _mean_within(_relative_errors(c, x, 400), c.omega(D))
 
 
-DETERMINISTIC = (TopK, ScaledSign, Int8, FP8)
+DETERMINISTIC = (TopK, ScaledSign, Int8, FP8, Int4)
 
 
 @pytest.mark.parametrize("c", CONTRACTIVE, ids=repr)
@@ -143,18 +149,20 @@ def test_exact_round_trips_of_representable_values():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("c", [QSGD(levels=3, block=64), Natural(block=64), ScaledSign(block=64), Int8(block=64),
                                Int8(block=64, stochastic=True), FP8(block=64), FP8(block=64, stochastic=True),
-                               RandK(k=30), RandK(k=30, window=True), RandK(k=200, unbiased=True)], ids=repr)
-def test_fused_ef21_encode_equals_encode_then_own_decode(c, dtype):
-    """The fused EF21 step (ef21_quantize_ for the quantizers, one index draw for Rand-k)
-    gives the message and h_local of the composition C(g - h_local) + decode of its own
-    message into h_local."""
+                               Int4(block=64), Int4(block=64, stochastic=True), RandK(k=30), RandK(k=30, window=True),
+                               RandK(k=200, unbiased=True), RandK(k=30, shared=False), TopK(k=25), Identity(),
+                               Clip(tau=0.5), QSGD(levels=3, block=64).scaled(),
+                               Induced(TopK(k=10), RandK(k=40, unbiased=True))], ids=repr)
+def test_encode_with_a_state_equals_encode_then_own_decode(c, dtype):
+    """encode_(g, h) (one op for the families: c = C(g - h), h += c) gives the message and h of
+    the composition: the message of C(g - h), then the decode of that message into h."""
     g = _x(10, 300).to(dtype)
     h_fused = (_x(11, 300) * 0.5).to(dtype)
     h_composed = h_fused.clone()
     ctx = Context(seed=4, step=3, bucket=2, rank=1)
-    message = c.ef21_encode_(g, h_fused, ctx)
-    expected = c.encode(g - h_composed, ctx)
-    c.decode_add_(h_composed, expected.unsqueeze(0), ctx, weights=[1.0])
+    message = c.encode_(g, h_fused, ctx)
+    expected = c.encode_(g - h_composed, None, ctx)
+    c.decode_add_(h_composed, expected.unsqueeze(0), ctx)
     assert torch.equal(message, expected)
     assert torch.equal(h_fused, h_composed)
 
@@ -175,7 +183,7 @@ def test_randk_decode_sums_rows_in_rank_order():
     x = [_x(s, 300) for s in range(3)]
     ctx = Context(seed=2, step=5, bucket=1)
     c = RandK(k=30)
-    gathered = torch.stack([c.encode(v, ctx) for v in x])
+    gathered = torch.stack([c.encode_(v, None, ctx) for v in x])
     out = torch.zeros(300)
     c.decode_add_(out, gathered, ctx)
     idx = ops.randk_indices(out, 30, 2, 5, 1)
@@ -191,7 +199,7 @@ def test_induced_is_topk_plus_compressed_residual():
     x = _x(9, 400)
     c = Induced(TopK(k=20), RandK(k=40, unbiased=True))
     ctx = Context(seed=1, step=2)
-    message = c.encode(x, ctx)
+    message = c.encode_(x, None, ctx)
     assert message.numel() == c.message_nbytes(400, torch.float32) == ops.message_nbytes("topk", 400, torch.float32, k=20) + 160
     out = _decoded(c, x, ctx)
     top = ops.topk(x, 20)[1].long()

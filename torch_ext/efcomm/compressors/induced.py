@@ -35,12 +35,13 @@ class Induced(Compressor):
 
     def encode_(self, a, b, ctx, scale=1.0):
         d = a.reshape(-1) if b is None else a.reshape(-1) - b.reshape(-1)  # rounded to a's dtype
-        c = torch.zeros_like(d)
-        first = self.biased.encode_(d, c, ctx)  # c = C1(d)
-        second = self.unbiased_part.encode_(d, c, ctx)  # c += C2(d - C1(d))
-        if b is not None:
-            b.view(-1).add_(c, alpha=scale)
-        return torch.cat([first, second])
+        c1 = torch.zeros_like(d)
+        first = self.biased.encode_(d, c1, ctx)  # c1 = C1(d)
+        second = self.unbiased_part.encode_(d, c1, ctx)  # the message of C2(d - C1(d))
+        message = torch.cat([first, second])
+        if b is not None:  # b += scale C(d), as the decode of this message adds it
+            self.decode_add_(b.view(-1), message.unsqueeze(0), ctx, scale)
+        return message
 
     def decode_add_(self, h, gathered, ctx, scale=1.0, weights=None):
         split = self.biased.message_nbytes(h.numel(), h.dtype)
