@@ -128,12 +128,14 @@ void check_randk_args(const at::Tensor& x, int64_t k, int64_t step, std::optiona
   check_stream_args(step, rank.value_or(0), op);
 }
 
-void check_topk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
-                            const std::optional<at::Tensor>& threshold) {
+SparseFormat check_topk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
+                                    const std::optional<at::Tensor>& threshold,
+                                    std::optional<c10::ScalarType> value_dtype, int64_t index_bits) {
   const char* op = "topk_encode_";
   check_encode_args(a, b, scale, op);
   check_k(k, a.numel(), op);
   check_threshold_hint(threshold, a, "a", op);
+  return sparse_format(a.scalar_type(), value_dtype, index_bits, op);
 }
 
 void check_randk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, int64_t step,
@@ -171,16 +173,17 @@ void check_dense_encode_args(const at::Tensor& a, const std::optional<at::Tensor
   TORCH_CHECK(*clip > 0.0 && std::isfinite(*clip), op, ": clip (", *clip, ") must be positive and finite");
 }
 
-wire::SparseLayout check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
-                                          const std::optional<at::Tensor>& weights) {
+SparseFormat check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
+                                    const std::optional<at::Tensor>& weights,
+                                    std::optional<c10::ScalarType> value_dtype, int64_t index_bits) {
   const char* op = "topk_decode_add_";
   check_decoded(h, op);
   check_k(k, h.numel(), op);
-  const wire::SparseLayout layout = sparse_layout_of(k, h.scalar_type());
-  const std::string what = "a Top-k message of k=" + std::to_string(k) + " " + c10::toString(h.scalar_type()) +
-                           " values";
-  check_gathered(h, gathered, layout.nbytes, what.c_str(), scale, weights, op);
-  return layout;
+  const SparseFormat format = sparse_format(h.scalar_type(), value_dtype, index_bits, op);
+  const std::string what = std::string("a ") + (format.compact ? "compact " : "") + "Top-k message of k=" +
+                           std::to_string(k) + " " + c10::toString(format.value_dtype) + " values";
+  check_gathered(h, gathered, sparse_message_nbytes(h.numel(), k, format), what.c_str(), scale, weights, op);
+  return format;
 }
 
 wire::DenseLayout check_randk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t step,

@@ -29,8 +29,10 @@ void check_randk_args(const at::Tensor& x, int64_t k, int64_t step, std::optiona
 // and the hint; Rand-k: as check_randk_args; quantizers: the configuration, quant_config, and
 // the rounding the scheme allows, step and rank >= 0; dense: clip, when given, positive and
 // finite).
-void check_topk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
-                            const std::optional<at::Tensor>& threshold);
+// Top-k also checks its message format (sparse_format) and returns it.
+SparseFormat check_topk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
+                                    const std::optional<at::Tensor>& threshold,
+                                    std::optional<c10::ScalarType> value_dtype, int64_t index_bits);
 void check_randk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, int64_t step,
                              double scale, std::optional<int64_t> rank);
 QuantConfig check_quant_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, c10::string_view scheme,
@@ -43,8 +45,9 @@ void check_dense_encode_args(const at::Tensor& a, const std::optional<at::Tensor
 // contiguous, 4-byte aligned, on h's device, with rows of the layout's nbytes; scale finite;
 // weights, when given, a float32 1-D contiguous tensor of `rows` values on h's device (finite
 // when on the CPU: reading a CUDA tensor's values would wait for the device).
-wire::SparseLayout check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
-                                          const std::optional<at::Tensor>& weights);
+SparseFormat check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
+                                    const std::optional<at::Tensor>& weights,
+                                    std::optional<c10::ScalarType> value_dtype, int64_t index_bits);
 wire::DenseLayout check_randk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t step,
                                           double scale, const std::optional<at::Tensor>& weights);
 QuantConfig check_quant_decode_args(const at::Tensor& h, const at::Tensor& gathered, c10::string_view scheme,

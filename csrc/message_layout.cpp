@@ -25,6 +25,25 @@ wire::DenseLayout dense_layout_of(int64_t count, c10::ScalarType dtype) {
   return wire::dense_layout(count, static_cast<int64_t>(c10::elementSize(dtype)));
 }
 
+wire::CompactLayout compact_layout_of(int64_t numel, int64_t k, c10::ScalarType value_dtype) {
+  return wire::compact_layout(numel, k, static_cast<int64_t>(c10::elementSize(value_dtype)));
+}
+
+SparseFormat sparse_format(c10::ScalarType dtype, std::optional<c10::ScalarType> value_dtype, int64_t index_bits,
+                           const char* op) {
+  const c10::ScalarType values = value_dtype.value_or(dtype);
+  const bool narrower = dtype == c10::kFloat && (values == c10::kBFloat16 || values == c10::kHalf);
+  TORCH_CHECK(values == dtype || narrower, op, ": value_dtype (", values, ") must be the tensor's dtype (", dtype,
+              ")", dtype == c10::kFloat ? ", bfloat16 or float16" : "");
+  TORCH_CHECK(index_bits == 32 || index_bits == 16, op, ": index_bits (", index_bits, ") must be 32 or 16");
+  return SparseFormat{values, index_bits == 16};
+}
+
+int64_t sparse_message_nbytes(int64_t numel, int64_t k, const SparseFormat& format) {
+  return format.compact ? compact_layout_of(numel, k, format.value_dtype).nbytes
+                        : sparse_layout_of(k, format.value_dtype).nbytes;
+}
+
 QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block,
                          const char* op) {
   TORCH_CHECK(numel >= 1, op, ": numel (", numel, ") must be at least 1");
@@ -53,12 +72,16 @@ int64_t message_nbytes(c10::string_view family, int64_t numel, c10::ScalarType d
     check_k(k, numel, op);
     return sparse_layout_of(k, dtype).nbytes;
   }
+  if (family == "topk16") {
+    check_k(k, numel, op);
+    return compact_layout_of(numel, k, dtype).nbytes;
+  }
   if (family == "randk") {
     check_k(k, numel, op);
     return dense_layout_of(k, dtype).nbytes;
   }
   if (family == "dense") return dense_layout_of(numel, dtype).nbytes;
-  TORCH_CHECK(family == "quant", op, ": family ('", family, "') must be one of 'topk', 'randk', 'dense', 'quant'");
+  TORCH_CHECK(family == "quant", op, ": family ('", family, "') must be one of 'topk', 'topk16', 'randk', 'dense', 'quant'");
   return quant_config(numel, scheme, levels, block, op).layout.nbytes;
 }
 

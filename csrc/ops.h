@@ -16,7 +16,10 @@
 //     (v_i the value it decodes to), by the decode rule (kernels/decode_rule.h) for one row.
 //   X_decode_add_(h, gathered, ..., scale, weights): h += scale * (1/rows) sum_j C_j, or
 //     h += scale * sum_j w_j C_j, in rank order (kernels/decode_rule.h).
-//   Top-k: the k entries of d of largest magnitude (wire: kernels/wire_layout.h, sparse).
+//   Top-k: the k entries of d of largest magnitude (wire: kernels/wire_layout.h, sparse; with
+//     index_bits 16, compact). Its values are written as value_dtype (None: d's dtype; for a
+//     float32 tensor also bfloat16 or float16, rounded to nearest even), and the state update
+//     adds the value as sent, so EF21's h_i keeps the rounding error.
 //   Rand-k (csrc/randk_*.cpp; kernels/randk_rule.h): the k entries at randk_indices; shared
 //     indices (rank absent): the values only (dense layout of k); rank given: per-rank indices,
 //     the sparse layout, decoded by topk_decode_add_.
@@ -45,9 +48,13 @@
   std::tuple<at::Tensor, at::Tensor> topk_##DEVICE(const at::Tensor& x, int64_t k,                              \
                                                    const std::optional<at::Tensor>& threshold = std::nullopt);   \
   at::Tensor topk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,           \
-                                  double scale = 1.0, const std::optional<at::Tensor>& threshold = std::nullopt); \
+                                  double scale = 1.0, const std::optional<at::Tensor>& threshold = std::nullopt, \
+                                  std::optional<c10::ScalarType> value_dtype = std::nullopt,                    \
+                                  int64_t index_bits = 32);                                                      \
   void topk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale = 1.0,       \
-                                const std::optional<at::Tensor>& weights = std::nullopt);                        \
+                                const std::optional<at::Tensor>& weights = std::nullopt,                         \
+                                std::optional<c10::ScalarType> value_dtype = std::nullopt,                       \
+                                int64_t index_bits = 32);                                                        \
   at::Tensor randk_indices_##DEVICE(const at::Tensor& x, int64_t k, int64_t seed, int64_t step, int64_t bucket, \
                                     bool window, std::optional<int64_t> rank = std::nullopt);                    \
   at::Tensor randk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,          \

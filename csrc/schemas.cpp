@@ -11,8 +11,10 @@ TORCH_LIBRARY(efcomm, m) {
   m.def("topk(Tensor x, int k, Tensor(t!)? threshold=None) -> (Tensor values, Tensor indices)");
   m.def("randk_indices(Tensor x, int k, int seed, int step, int bucket, bool window, int? rank=None) -> Tensor");
   // the family pairs
-  m.def("topk_encode_(Tensor a, Tensor(b!)? b, int k, float scale=1.0, Tensor(t!)? threshold=None) -> Tensor");
-  m.def("topk_decode_add_(Tensor(a!) h, Tensor gathered, int k, float scale=1.0, Tensor? weights=None) -> ()");
+  m.def("topk_encode_(Tensor a, Tensor(b!)? b, int k, float scale=1.0, Tensor(t!)? threshold=None, "
+        "ScalarType? value_dtype=None, int index_bits=32) -> Tensor");
+  m.def("topk_decode_add_(Tensor(a!) h, Tensor gathered, int k, float scale=1.0, Tensor? weights=None, "
+        "ScalarType? value_dtype=None, int index_bits=32) -> ()");
   m.def("randk_encode_(Tensor a, Tensor(b!)? b, int k, int seed, int step, int bucket, bool window, "
         "float scale=1.0, int? rank=None) -> Tensor");
   m.def("randk_decode_add_(Tensor(a!) h, Tensor gathered, int k, int seed, int step, int bucket, bool window, "

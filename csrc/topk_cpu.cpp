@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "csrc/checks.h"
@@ -88,30 +89,94 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k, cons
   return {values, indices};
 }
 
+namespace {
+
+// Writes the message of the entries `selected` of d = T(a - b) (b given) or a: their values as
+// V, then, by `layout`, nothing (the dense layout of k values), their int32 indices (sparse) or
+// their 16-bit offsets with one count per chunk (compact; `selected` ascending); with b, b +=
+// scale * the value as sent (the decode rule for one row).
+enum class EntryLayout { kValues, kSparse, kCompact };
+
+template <typename T, typename V>
+void pack_entries(const T* a, T* b, const std::vector<int64_t>& selected, int64_t numel, const DecodeRule& own,
+                  EntryLayout layout, uint8_t* bytes) {
+  const auto k = static_cast<int64_t>(selected.size());
+  V* values = reinterpret_cast<V*>(bytes);
+  if (layout == EntryLayout::kCompact) {
+    const wire::CompactLayout compact = wire::compact_layout(numel, k, sizeof(V));
+    auto* counts = reinterpret_cast<uint32_t*>(bytes);
+    auto* offsets = reinterpret_cast<uint16_t*>(bytes + compact.offsets_offset);
+    values = reinterpret_cast<V*>(bytes + compact.values_offset);
+    for (int64_t t = 0; t < k; ++t) {
+      counts[selected[t] / wire::kCompactChunk] += 1;
+      offsets[t] = static_cast<uint16_t>(selected[t] % wire::kCompactChunk);
+    }
+  } else if (layout == EntryLayout::kSparse) {
+    auto* indices = reinterpret_cast<int32_t*>(bytes + wire::sparse_layout(k, sizeof(V)).indices_offset);
+    for (int64_t t = 0; t < k; ++t) indices[t] = static_cast<int32_t>(selected[t]);
+  }
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t i = selected[t];
+    const T d = store<T>(b != nullptr ? load(a[i]) - load(b[i]) : load(a[i]));
+    values[t] = store<V>(load(d));
+    if (b != nullptr) b[i] = add_decoded(b[i], own.single(load(values[t])));
+  }
+}
+
+// One row's entries as (index, value) in message order, read from either layout; the checks
+// name the rank of a malformed message.
+template <typename V>
+std::vector<std::pair<int64_t, float>> read_row(const uint8_t* row, int64_t k, int64_t n, bool compact, int64_t j) {
+  const char* op = "topk_decode_add_";
+  std::vector<std::pair<int64_t, float>> entries(k);
+  if (compact) {
+    const wire::CompactLayout layout = wire::compact_layout(n, k, sizeof(V));
+    const auto* counts = reinterpret_cast<const uint32_t*>(row);
+    const auto* values = reinterpret_cast<const V*>(row + layout.values_offset);
+    const auto* offsets = reinterpret_cast<const uint16_t*>(row + layout.offsets_offset);
+    int64_t t = 0;
+    for (int64_t c = 0; c < layout.chunks; ++c) {
+      TORCH_CHECK(counts[c] <= static_cast<uint32_t>(k - t), op, ": message of rank ", j, " counts more than k (", k,
+                  ") entries by chunk ", c);
+      for (uint32_t e = 0; e < counts[c]; ++e, ++t) entries[t] = {c * wire::kCompactChunk + offsets[t], load(values[t])};
+    }
+    TORCH_CHECK(t == k, op, ": message of rank ", j, " counts ", t, " entries; k is ", k);
+  } else {
+    const wire::SparseLayout layout = wire::sparse_layout(k, sizeof(V));
+    const auto* values = reinterpret_cast<const V*>(row);
+    const auto* indices = reinterpret_cast<const int32_t*>(row + layout.indices_offset);
+    for (int64_t t = 0; t < k; ++t) entries[t] = {indices[t], load(values[t])};
+  }
+  for (int64_t t = 0; t < k; ++t) {
+    const int64_t i = entries[t].first;
+    TORCH_CHECK(i >= 0 && i < n, op, ": message of rank ", j, " holds index ", i, " outside [0, ", n, ")");
+    TORCH_CHECK(t == 0 || entries[t - 1].first < i, op, ": message of rank ", j,
+                " holds indices out of ascending order (", entries[t > 0 ? t - 1 : 0].first, " then ", i,
+                " at position ", t, ")");
+  }
+  return entries;
+}
+
+}  // namespace
+
 at::Tensor gather_message_cpu(const at::Tensor& a, const std::optional<at::Tensor>& b,
                               const std::vector<int64_t>& selected, double scale, bool with_indices) {
   const auto k = static_cast<int64_t>(selected.size());
-  const wire::SparseLayout sparse = sparse_layout_of(k, a.scalar_type());
-  const int64_t nbytes = with_indices ? sparse.nbytes : dense_layout_of(k, a.scalar_type()).nbytes;
+  const int64_t nbytes = with_indices ? sparse_layout_of(k, a.scalar_type()).nbytes : dense_layout_of(k, a.scalar_type()).nbytes;
   at::Tensor message = at::zeros({nbytes}, a.options().dtype(at::kByte));
   EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "gather_message_cpu", [&] {
-    const scalar_t* ap = a.const_data_ptr<scalar_t>();
-    scalar_t* bp = b.has_value() ? b->mutable_data_ptr<scalar_t>() : nullptr;
-    uint8_t* bytes = message.mutable_data_ptr<uint8_t>();
-    auto* values = reinterpret_cast<scalar_t*>(bytes);
-    auto* indices = reinterpret_cast<int32_t*>(bytes + sparse.indices_offset);
-    const DecodeRule own = own_message_rule(scale);
-    for (int64_t t = 0; t < k; ++t) {
-      values[t] = encode_entry(ap, bp, selected[t], own);
-      if (with_indices) indices[t] = static_cast<int32_t>(selected[t]);
-    }
+    pack_entries<scalar_t, scalar_t>(a.const_data_ptr<scalar_t>(), b ? b->mutable_data_ptr<scalar_t>() : nullptr,
+                                     selected, a.numel(), own_message_rule(scale),
+                                     with_indices ? EntryLayout::kSparse : EntryLayout::kValues,
+                                     message.mutable_data_ptr<uint8_t>());
   });
   return message;
 }
 
 at::Tensor topk_encode_cpu(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
-                           const std::optional<at::Tensor>& threshold) {
-  check_topk_encode_args(a, b, k, scale, threshold);
+                           const std::optional<at::Tensor>& threshold, std::optional<c10::ScalarType> value_dtype,
+                           int64_t index_bits) {
+  const SparseFormat format = check_topk_encode_args(a, b, k, scale, threshold, value_dtype, index_bits);
   const at::Tensor ac = a.contiguous();
   const int64_t n = a.numel();
   std::vector<int64_t> selected;
@@ -126,34 +191,40 @@ at::Tensor topk_encode_cpu(const at::Tensor& a, const std::optional<at::Tensor>&
     for (int64_t i = 0; i < n; ++i) d[i] = store<scalar_t>(load(ap[i]) - load(bp[i]));
     selected = select_topk(d.data(), n, k, hint_ptr(threshold));
   });
-  return gather_message_cpu(ac, b, selected, scale, /*with_indices=*/true);
+  at::Tensor message = at::zeros({sparse_message_nbytes(n, k, format)}, a.options().dtype(at::kByte));
+  EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "topk_encode_cpu", [&] {
+    using T = scalar_t;
+    const T* ap = ac.const_data_ptr<T>();
+    T* bp = b.has_value() ? b->mutable_data_ptr<T>() : nullptr;
+    EFCOMM_DISPATCH_FLOAT_TYPES(format.value_dtype, "topk_encode_cpu", [&] {
+      pack_entries<T, scalar_t>(ap, bp, selected, n, own_message_rule(scale),
+                                format.compact ? EntryLayout::kCompact : EntryLayout::kSparse,
+                                message.mutable_data_ptr<uint8_t>());
+    });
+  });
+  return message;
 }
 
 void topk_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
-                         const std::optional<at::Tensor>& weights) {
-  const char* op = "topk_decode_add_";
-  const wire::SparseLayout layout = check_topk_decode_args(h, gathered, k, scale, weights);
+                         const std::optional<at::Tensor>& weights, std::optional<c10::ScalarType> value_dtype,
+                         int64_t index_bits) {
+  const SparseFormat format = check_topk_decode_args(h, gathered, k, scale, weights, value_dtype, index_bits);
   const int64_t rows = gathered.size(0);
   const int64_t n = h.numel();
+  const int64_t row_bytes = gathered.size(1);
   const DecodeRule rule = decode_rule(weights ? weights->const_data_ptr<float>() : nullptr, rows, scale);
-  EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "topk_decode_add_cpu", [&] {
-    std::vector<float> acc(n, 0.0f);
-    std::vector<bool> carried(n, false);  // entries no message carries stay as they are
-    const uint8_t* base = gathered.const_data_ptr<uint8_t>();
+  std::vector<float> acc(n, 0.0f);
+  std::vector<bool> carried(n, false);  // entries no message carries stay as they are
+  const uint8_t* base = gathered.const_data_ptr<uint8_t>();
+  EFCOMM_DISPATCH_FLOAT_TYPES(format.value_dtype, "topk_decode_add_cpu", [&] {
     for (int64_t j = 0; j < rows; ++j) {  // rank order: the same sum on every rank
-      const uint8_t* row = base + j * layout.nbytes;
-      const auto* values = reinterpret_cast<const scalar_t*>(row);
-      const auto* indices = reinterpret_cast<const int32_t*>(row + layout.indices_offset);
-      for (int64_t t = 0; t < k; ++t) {
-        const int64_t i = indices[t];
-        TORCH_CHECK(i >= 0 && i < n, op, ": message of rank ", j, " holds index ", i, " outside [0, ", n, ")");
-        TORCH_CHECK(t == 0 || indices[t - 1] < i, op, ": message of rank ", j,
-                    " holds indices out of ascending order (", indices[t > 0 ? t - 1 : 0], " then ", i,
-                    " at position ", t, ")");
-        acc[i] = rule.add(acc[i], j, load(values[t]));
+      for (const auto& [i, v] : read_row<scalar_t>(base + j * row_bytes, k, n, format.compact, j)) {
+        acc[i] = rule.add(acc[i], j, v);
         carried[i] = true;
       }
     }
+  });
+  EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "topk_decode_add_cpu", [&] {
     scalar_t* hp = h.mutable_data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
       if (carried[i]) hp[i] = add_decoded(hp[i], rule.finish(acc[i]));

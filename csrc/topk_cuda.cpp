@@ -9,11 +9,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "csrc/checks.h"
 #include "csrc/cuda_types.h"
 #include "csrc/dispatch.h"
 #include "csrc/ops.h"
+#include "kernels/compact_message.cuh"
 #include "kernels/sparse_message.cuh"
 #include "kernels/topk_select.cuh"
 
@@ -100,38 +102,90 @@ std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k, con
   return {values, selected};
 }
 
+namespace {
+
+// Calls fn(T*, V*) (null pointers naming the types) with the kernel storage types of the
+// tensor's dtype and of the message values' dtype (csrc/message_layout.h: V is T, or bfloat16 /
+// float16 for float32).
+template <typename Fn>
+void with_value_types(c10::ScalarType dtype, c10::ScalarType value_dtype, Fn&& fn) {
+  EFCOMM_DISPATCH_FLOAT_TYPES(dtype, "topk_cuda", [&] {
+    using T = typename KernelType<scalar_t>::type;
+    EFCOMM_DISPATCH_FLOAT_TYPES(value_dtype, "topk_cuda", [&] {
+      using V = typename KernelType<scalar_t>::type;
+      fn(static_cast<T*>(nullptr), static_cast<V*>(nullptr));
+    });
+  });
+}
+
+template <typename P>
+using Pointee = std::remove_pointer_t<P>;
+
+bool plain(const SparseFormat& format, c10::ScalarType dtype) { return !format.compact && format.value_dtype == dtype; }
+
+}  // namespace
+
 at::Tensor topk_encode_cuda(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, double scale,
-                            const std::optional<at::Tensor>& threshold) {
-  check_topk_encode_args(a, b, k, scale, threshold);
+                            const std::optional<at::Tensor>& threshold, std::optional<c10::ScalarType> value_dtype,
+                            int64_t index_bits) {
+  const SparseFormat format = check_topk_encode_args(a, b, k, scale, threshold, value_dtype, index_bits);
   const c10::cuda::CUDAGuard guard(a.device());
   const at::Tensor flat = a.contiguous().view({-1});
   const std::optional<at::Tensor> state = b.has_value() ? std::optional<at::Tensor>(b->view({-1})) : std::nullopt;
   const at::Tensor selected = select_topk(flat, state ? &*state : nullptr, k, threshold);
-  const wire::SparseLayout layout = sparse_layout_of(k, a.scalar_type());
-  at::Tensor message = at::zeros({layout.nbytes}, a.options().dtype(at::kByte));
-  EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "topk_encode_cuda", [&] {
-    uint8_t* bytes = message.mutable_data_ptr<uint8_t>();
-    kernels::gather_message(kernel_ptr(flat.const_data_ptr<scalar_t>()),
-                            state ? kernel_ptr(state->mutable_data_ptr<scalar_t>()) : nullptr,
-                            selected.const_data_ptr<int32_t>(), k, own_message_rule(scale),
-                            kernel_ptr(reinterpret_cast<scalar_t*>(bytes)),
-                            reinterpret_cast<int32_t*>(bytes + layout.indices_offset), at::cuda::getCurrentCUDAStream());
+  at::Tensor message = at::zeros({sparse_message_nbytes(a.numel(), k, format)}, a.options().dtype(at::kByte));
+  uint8_t* bytes = message.mutable_data_ptr<uint8_t>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (plain(format, a.scalar_type())) {
+    const wire::SparseLayout layout = sparse_layout_of(k, a.scalar_type());
+    EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "topk_encode_cuda", [&] {
+      kernels::gather_message(kernel_ptr(flat.const_data_ptr<scalar_t>()),
+                              state ? kernel_ptr(state->mutable_data_ptr<scalar_t>()) : nullptr,
+                              selected.const_data_ptr<int32_t>(), k, own_message_rule(scale),
+                              kernel_ptr(reinterpret_cast<scalar_t*>(bytes)),
+                              reinterpret_cast<int32_t*>(bytes + layout.indices_offset), stream);
+    });
+    return message;
+  }
+  with_value_types(a.scalar_type(), format.value_dtype, [&](auto* t, auto* v) {
+    using T = Pointee<decltype(t)>;
+    using V = Pointee<decltype(v)>;
+    kernels::pack_sparse<T, V>(static_cast<const T*>(flat.const_data_ptr()),
+                               state ? static_cast<T*>(state->mutable_data_ptr()) : nullptr,
+                               selected.const_data_ptr<int32_t>(), a.numel(), k, own_message_rule(scale),
+                               format.compact, bytes, stream);
   });
   return message;
 }
 
 void topk_decode_add_cuda(at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
-                          const std::optional<at::Tensor>& weights) {
-  const wire::SparseLayout layout = check_topk_decode_args(h, gathered, k, scale, weights);
+                          const std::optional<at::Tensor>& weights, std::optional<c10::ScalarType> value_dtype,
+                          int64_t index_bits) {
+  const SparseFormat format = check_topk_decode_args(h, gathered, k, scale, weights, value_dtype, index_bits);
   const c10::cuda::CUDAGuard guard(h.device());
   const int64_t rows = gathered.size(0);
   const int64_t n = h.numel();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const wire::SparseLayout layout = sparse_layout_of(k, h.scalar_type());
+  at::Tensor messages = gathered;
+  if (!plain(format, h.scalar_type())) {  // rewritten in the sparse layout of h's dtype, then decoded
+    messages = at::empty({rows, layout.nbytes}, gathered.options());
+    const int64_t chunks = compact_layout_of(n, k, format.value_dtype).chunks;
+    at::Tensor starts = at::empty({rows * (chunks + 1)}, h.options().dtype(at::kLong));
+    with_value_types(h.scalar_type(), format.value_dtype, [&](auto* t, auto* v) {
+      using T = Pointee<decltype(t)>;
+      using V = Pointee<decltype(v)>;
+      kernels::expand_sparse<T, V>(gathered.const_data_ptr<uint8_t>(), rows, gathered.size(1), n, k, format.compact,
+                                   messages.mutable_data_ptr<uint8_t>(), layout.nbytes, layout.indices_offset,
+                                   starts.mutable_data_ptr<int64_t>(), stream);
+    });
+  }
   at::Tensor workspace = at::empty({kernels::decode_workspace_ints(rows, n)}, h.options().dtype(at::kInt));
   const DecodeRule rule = decode_rule(weights ? weights->const_data_ptr<float>() : nullptr, rows, scale);
   EFCOMM_DISPATCH_FLOAT_TYPES(h.scalar_type(), "topk_decode_add_cuda", [&] {
-    kernels::sparse_decode_add(kernel_ptr(h.mutable_data_ptr<scalar_t>()), n, gathered.const_data_ptr<uint8_t>(), rows,
+    kernels::sparse_decode_add(kernel_ptr(h.mutable_data_ptr<scalar_t>()), n, messages.const_data_ptr<uint8_t>(), rows,
                                layout.nbytes, layout.indices_offset, k, rule, workspace.mutable_data_ptr<int32_t>(),
-                               at::cuda::getCurrentCUDAStream());
+                               stream);
   });
 }
 

@@ -12,6 +12,15 @@
 //   [0, value_bytes)               the k values, in ascending index order
 //   [value_bytes, indices_offset)  zero padding to a multiple of 4
 //   [indices_offset, nbytes)       the k int32 indices into the flattened tensor, ascending
+// Compact sparse (Top-k with 16-bit indices; efcomm.hierarchy's messages between nodes): the
+// tensor's numel entries cut into chunks of kCompactChunk = 65536, the k entries ascending,
+// their values of a dtype of value_size bytes (the tensor's, or a narrower one),
+//   [0, values_offset)              one uint32 count per chunk: how many entries fall in it
+//   [values_offset, offsets_offset) the k values, then zero padding to a multiple of 4
+//   [offsets_offset, nbytes)        the k uint16 offsets within their chunk (index mod 65536),
+//                                   then zero padding to a multiple of 4
+// About value_size + 2 bytes per entry (4 with bfloat16 values) instead of value_size + 4, and
+// still a length that depends only on (numel, k, value_size).
 // Dense (Rand-k with shared indices: its k values; dense: all numel values),
 //   [0, value_bytes)               the values, in message order
 //   [value_bytes, nbytes)          zero padding to a multiple of 4
@@ -41,6 +50,23 @@ struct SparseLayout {
 
 EFCOMM_HD constexpr SparseLayout sparse_layout(int64_t k, int64_t value_size) {
   return SparseLayout{k, k * value_size, align4(k * value_size), align4(k * value_size) + 4 * k};
+}
+
+constexpr int64_t kCompactChunk = 65536;
+
+struct CompactLayout {
+  int64_t k;
+  int64_t chunks;          // ceil(numel / kCompactChunk)
+  int64_t values_offset;   // 4 * chunks
+  int64_t value_bytes;     // k * value_size
+  int64_t offsets_offset;  // values_offset + value_bytes rounded up to a multiple of 4
+  int64_t nbytes;          // offsets_offset + 2 * k rounded up to a multiple of 4
+};
+
+EFCOMM_HD constexpr CompactLayout compact_layout(int64_t numel, int64_t k, int64_t value_size) {
+  const int64_t chunks = (numel + kCompactChunk - 1) / kCompactChunk;
+  const int64_t offsets_offset = 4 * chunks + align4(k * value_size);
+  return CompactLayout{k, chunks, 4 * chunks, k * value_size, offsets_offset, offsets_offset + align4(2 * k)};
 }
 
 struct DenseLayout {

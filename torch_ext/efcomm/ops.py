@@ -48,7 +48,8 @@ def message_nbytes(
     family: str, numel: int, dtype: torch.dtype, k: int = 0, scheme: str = "", levels: int = 0, block: int = 0
 ) -> int:
     """Byte length of one message for a tensor of ``numel`` entries of ``dtype``: ``family``
-    ``"topk"`` (k values and k int32 indices; also Rand-k with per-rank indices), ``"randk"``
+    ``"topk"`` (k values and k int32 indices; also Rand-k with per-rank indices), ``"topk16"``
+    (the compact layout: k values, 16-bit offsets, a count per chunk of 65536), ``"randk"``
     (k values), ``"dense"`` (numel values) or ``"quant"`` (``scheme``, ``levels``, ``block``).
     The wire layouts are kernels/wire_layout.h. A pure function of its arguments: torch.compile
     evaluates it while tracing."""
@@ -80,20 +81,37 @@ def topk_threshold_hint(device=None) -> Tensor:
 
 
 def topk_encode_(
-    a: Tensor, b: Optional[Tensor], k: int, scale: float = 1.0, threshold: Optional[Tensor] = None
+    a: Tensor,
+    b: Optional[Tensor],
+    k: int,
+    scale: float = 1.0,
+    threshold: Optional[Tensor] = None,
+    value_dtype: Optional[torch.dtype] = None,
+    index_bits: int = 32,
 ) -> Tensor:
     """The Top-k message of ``d`` (``a - b``, or ``a``): its k entries of largest magnitude
-    (as :func:`topk`), values then int32 indices; with ``b``, ``b += scale * TopK(d)`` in place.
-    EF21's step is ``topk_encode_(g, h_local, k)``."""
-    return torch.ops.efcomm.topk_encode_.default(a, b, k, scale, threshold)
+    (as :func:`topk`); with ``b``, ``b += scale * TopK(d)`` in place, TopK(d) as sent. EF21's
+    step is ``topk_encode_(g, h_local, k)``. The message's values are ``value_dtype`` (None:
+    ``a``'s dtype; for float32 also bfloat16 or float16, rounded to nearest even), its indices
+    int32 (``index_bits=32``) or 16-bit offsets within chunks of 65536 entries with a count per
+    chunk (``index_bits=16``, the compact layout of kernels/wire_layout.h: about 4 bytes per
+    entry with bfloat16 values instead of 8)."""
+    return torch.ops.efcomm.topk_encode_.default(a, b, k, scale, threshold, value_dtype, index_bits)
 
 
 def topk_decode_add_(
-    h: Tensor, gathered: Tensor, k: int, scale: float = 1.0, weights: Optional[Tensor] = None
+    h: Tensor,
+    gathered: Tensor,
+    k: int,
+    scale: float = 1.0,
+    weights: Optional[Tensor] = None,
+    value_dtype: Optional[torch.dtype] = None,
+    index_bits: int = 32,
 ) -> None:
-    """``h += scale * (1/n) sum_j C_j`` (or with ``weights``) over gathered Top-k messages,
-    in place; entries no message carries are left untouched."""
-    torch.ops.efcomm.topk_decode_add_.default(h, gathered, k, scale, weights)
+    """``h += scale * (1/n) sum_j C_j`` (or with ``weights``) over gathered Top-k messages of
+    the format of :func:`topk_encode_` (``value_dtype``, ``index_bits``), in place; entries no
+    message carries are left untouched."""
+    torch.ops.efcomm.topk_decode_add_.default(h, gathered, k, scale, weights, value_dtype, index_bits)
 
 
 # ---- Rand-k ----
@@ -243,9 +261,10 @@ def _randk_indices_fake(x, k, seed, step, bucket, window, rank=None):
 
 
 @torch.library.register_fake("efcomm::topk_encode_")
-def _topk_encode_fake(a, b, k, scale=1.0, threshold=None):
+def _topk_encode_fake(a, b, k, scale=1.0, threshold=None, value_dtype=None, index_bits=32):
     _check_k("topk_encode_", k, a.numel())
-    return _message(a, message_nbytes("topk", a.numel(), a.dtype, k=k))
+    family = "topk16" if index_bits == 16 else "topk"
+    return _message(a, message_nbytes(family, a.numel(), value_dtype or a.dtype, k=k))
 
 
 @torch.library.register_fake("efcomm::randk_encode_")
@@ -265,7 +284,7 @@ def _dense_encode_fake(a, b, clip=None, scale=1.0):
 
 
 @torch.library.register_fake("efcomm::topk_decode_add_")
-def _topk_decode_add_fake(h, gathered, k, scale=1.0, weights=None):
+def _topk_decode_add_fake(h, gathered, k, scale=1.0, weights=None, value_dtype=None, index_bits=32):
     return None
 
 

@@ -256,11 +256,51 @@ def format_hierarchy(title: str, table: list[dict], networks=NETWORKS) -> str:
     return "\n".join(lines)
 
 
+def hierarchy_report(parameters: float, bucket_numel: int = 6_553_600, ratio: float = 0.01,
+                     compute_overhead_s: float = 0.0) -> str:
+    """The hierarchy table for a float32 model of ``parameters`` parameters in buckets of
+    ``bucket_numel`` entries, Top-``ratio`` messages in two formats: float32 values with int32
+    indices, and bfloat16 values with 16-bit indices (efcomm.TopK(value_dtype=torch.bfloat16,
+    index_bits=16)); message sizes from the op layer (efcomm.ops.message_nbytes)."""
+    import math
+
+    import torch
+
+    from .compressors import TopK
+
+    def per_bucket(compressor):
+        def message_nbytes(fraction):
+            buckets = math.ceil(parameters / bucket_numel)
+            shard = max(1, math.ceil(fraction * bucket_numel))
+            return buckets * compressor.message_nbytes(shard, torch.float32)
+        return message_nbytes
+
+    text = []
+    for label, compressor in (("fp32 values, int32 indices", TopK(ratio)),
+                              ("bf16 values, 16-bit indices", TopK(ratio, value_dtype=torch.bfloat16, index_bits=16))):
+        table = hierarchy_rows(4 * parameters, per_bucket(compressor), compute_overhead_s)
+        title = (f"hierarchical exchange, {parameters / 1e6:,.0f}M float32 parameters, Top-{ratio:g} with {label}: "
+                 "network bytes per GPU per step and predicted communication time (no overlap)")
+        text.append(format_hierarchy(title, table))
+    return "\n\n".join(text)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", help="the JSON file written by benchmarks/bench_ddp.py")
+    parser.add_argument("results", nargs="?", help="the JSON file written by benchmarks/bench_ddp.py")
     parser.add_argument("--world-sizes", type=int, nargs="+", default=list(WORLD_SIZES))
+    parser.add_argument("--hierarchy", type=float, metavar="PARAMETERS",
+                        help="print the hierarchical exchange's table for a model of this many float32 parameters "
+                             "(e.g. 124e6 for GPT-2 small) instead")
+    parser.add_argument("--ratio", type=float, default=0.01, help="Top-k ratio of the hierarchy table")
     args = parser.parse_args(argv)
+    if args.hierarchy is not None:
+        if not args.hierarchy >= 1 or not 0 < args.ratio <= 1:
+            parser.error(f"argument --hierarchy ({args.hierarchy}) must be at least 1 and --ratio ({args.ratio}) in (0, 1]")
+        print(hierarchy_report(args.hierarchy, ratio=args.ratio))
+        return
+    if args.results is None:
+        parser.error("the results JSON (or --hierarchy PARAMETERS) is required")
     if any(n < 1 for n in args.world_sizes):
         parser.error(f"argument --world-sizes: every world size must be at least 1, got {args.world_sizes}")
     with open(args.results) as f:
