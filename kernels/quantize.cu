@@ -7,6 +7,7 @@
 #include "kernels/counter_rng.h"
 #include "kernels/cuda_storage.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/quant_pack.h"
 #include "kernels/quant_schemes.h"
 #include "kernels/vector_access.cuh"
 
@@ -30,22 +31,16 @@ __device__ __forceinline__ void source4(const T* x, const T* state, int64_t i, i
   }
 }
 
-// Word `lane` of a chunk's code region, whose lane l holds the 4 * bits bits of entries
-// 4l..4l+3 (entry e at bits [e * bits, (e + 1) * bits) of the region): gathered from the one to
-// nine lanes whose bits it covers. Every lane calls it; lanes past the chunk's words get garbage.
+// Word `lane` of a sweep's code region (kernels/quant_pack.h), gathered from the lanes whose
+// groups cover it. Every lane calls it; lanes past the sweep's words get garbage.
 __device__ __forceinline__ uint32_t pack_word(uint32_t group, int lane, int bits) {
-  const int group_bits = 4 * bits;
-  const int first = 32 * lane / group_bits;
-  const int last = (32 * lane + 31) / group_bits;
-  const int span = (32 + group_bits - 1) / group_bits + 1;
+  const int first = quant::first_lane(lane, bits);
+  const int last = quant::last_lane(lane, bits);
   uint32_t word = 0;
-  for (int j = 0; j < span; ++j) {
+  for (int j = 0; j < quant::lanes_per_word(bits); ++j) {
     const int l = first + j;
     const uint32_t g = __shfl_sync(kFullMask, group, l < 32 ? l : 31);
-    if (l <= last && l < 32) {
-      const int shift = group_bits * l - 32 * lane;
-      word |= shift >= 0 ? g << shift : g >> -shift;
-    }
+    if (l <= last && l < 32) word |= quant::word_part(g, l, lane, bits);
   }
   return word;
 }
@@ -119,28 +114,22 @@ __global__ void __launch_bounds__(kThreads) quant_decode_kernel(T* h, const uint
                                                                 int64_t rows, wire::QuantLayout layout, int32_t levels,
                                                                 DecodeRule rule, bool vectors) {
   const int bits = static_cast<int>(layout.bits);
-  const int group_bits = 4 * bits;
-  const uint32_t mask = (1u << bits) - 1u;
   const int64_t groups = (layout.numel + 3) / 4;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t i0 = 4 * g;
     const int count = static_cast<int>(min(int64_t{4}, layout.numel - i0));
     const int64_t block = i0 / layout.block;  // the four entries share a block (block % 32 == 0)
-    const int64_t bit = (i0 % layout.block) * bits;
-    const int64_t word = block * layout.words_per_block + bit / 32;
-    const int shift = static_cast<int>(bit % 32);
+    const int64_t bit = block * layout.words_per_block * 32 + (i0 % layout.block) * bits;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int64_t j = 0; j < rows; ++j) {  // rank order: the same sums on every rank
       const uint8_t* row = gathered + j * layout.nbytes;
       const uint32_t header = wire::read_header(row, block);
-      const auto* codes = reinterpret_cast<const uint32_t*>(row + layout.codes_offset) + word;
-      uint64_t pair = codes[0];
-      if (shift + group_bits > 32) pair |= static_cast<uint64_t>(codes[1]) << 32;
-      const auto group = static_cast<uint32_t>(pair >> shift);
+      const uint32_t group =
+          quant::read_group(reinterpret_cast<const uint32_t*>(row + layout.codes_offset), bit, bits);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        if (q < count) acc[q] = rule.add(acc[q], j, Codec::decode(header, (group >> (q * bits)) & mask, levels));
+        if (q < count) acc[q] = rule.add(acc[q], j, Codec::decode(header, quant::code_of(group, q, bits), levels));
       }
     }
     T hv[4];
