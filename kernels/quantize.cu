@@ -18,17 +18,30 @@ constexpr unsigned kFullMask = 0xFFFFFFFFu;
 constexpr int64_t kChunk = 4 * quant::kLanes;  // entries a warp covers per sweep: 4 per lane
 constexpr int kWarpsPerCta = kThreads / 32;
 
-// d_q = x_q, or T(x_q - state_q), for the count (<= 4) entries from i; old: the state's values.
+// A lane's four entries of the sweep that starts at entry c of the block: the first, how many
+// are in the tensor (<= 4), d_q = x_q or T(x_q - state_q), and the state's values.
 template <typename T>
-__device__ __forceinline__ void source4(const T* x, const T* state, int64_t i, int count, bool vectors, float (&d)[4],
-                                        T (&old)[4]) {
+struct LaneEntries {
+  int64_t e0;
+  int count;
+  float d[4];
+  T old[4];
+};
+
+template <typename T>
+__device__ __forceinline__ LaneEntries<T> lane_entries(const T* x, const T* state, int64_t start, int64_t len,
+                                                       int64_t c, int lane, bool vectors) {
+  LaneEntries<T> r;
+  r.e0 = c + 4 * lane;
+  r.count = static_cast<int>(max(int64_t{0}, min(int64_t{4}, len - r.e0)));
   T xv[4];
-  load4(x, i, count, vectors, xv);
-  if (state != nullptr) load4(state, i, count, vectors, old);
+  load4(x, start + r.e0, r.count, vectors, xv);
+  if (state != nullptr) load4(state, start + r.e0, r.count, vectors, r.old);
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    if (q < count) d[q] = state != nullptr ? load(store<T>(load(xv[q]) - load(old[q]))) : load(xv[q]);
+    if (q < r.count) r.d[q] = state != nullptr ? load(store<T>(load(xv[q]) - load(r.old[q]))) : load(xv[q]);
   }
+  return r;
 }
 
 // Word `lane` of a sweep's code region (kernels/quant_pack.h), gathered from the lanes whose
@@ -63,14 +76,10 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const T* __restrict_
     // kernels/quant_block.h.
     float stat = quant::stat_identity<S>();
     for (int64_t c = 0; c < layout.block; c += kChunk) {
-      const int64_t e0 = c + 4 * lane;
-      const int count = static_cast<int>(max(int64_t{0}, min(int64_t{4}, len - e0)));
-      float d[4];
-      T old[4];
-      source4(x, state, start + e0, count, vectors, d, old);
+      const LaneEntries<T> e = lane_entries(x, state, start, len, c, lane, vectors);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        if (q < count) stat = quant::stat_combine<S>(stat, quant::stat_term<S>(d[q]));
+        if (q < e.count) stat = quant::stat_combine<S>(stat, quant::stat_term<S>(e.d[q]));
       }
     }
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -84,24 +93,20 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const T* __restrict_
     // The codes (zero past the end of the tensor), the state update, and the packed words. The
     // second read of the block comes from the cache.
     for (int64_t c = 0; c < layout.block; c += kChunk) {
-      const int64_t e0 = c + 4 * lane;
-      const int count = static_cast<int>(max(int64_t{0}, min(int64_t{4}, len - e0)));
-      float d[4];
-      T old[4];
-      source4(x, state, start + e0, count, vectors, d, old);
+      const LaneEntries<T> e = lane_entries(x, state, start, len, c, lane, vectors);
       rng::Block draws{{0, 0, 0, 0}};
-      if (stochastic && count > 0) draws = rng::draws4(seed, stream_id, (start + e0) / 4);
+      if (stochastic && e.count > 0) draws = rng::draws4(seed, stream_id, (start + e.e0) / 4);
       uint32_t group = 0;
       T next[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        if (q < count) {
-          const uint32_t code = Codec::encode(header, d[q], rng::to_unit_float(draws.w[q]), stochastic, levels);
+        if (q < e.count) {
+          const uint32_t code = Codec::encode(header, e.d[q], rng::to_unit_float(draws.w[q]), stochastic, levels);
           group |= code << (q * bits);
-          if (state != nullptr) next[q] = add_decoded(old[q], own.single(Codec::decode(header, code, levels)));
+          if (state != nullptr) next[q] = add_decoded(e.old[q], own.single(Codec::decode(header, code, levels)));
         }
       }
-      if (state != nullptr) store4(state, start + e0, count, vectors, next);
+      if (state != nullptr) store4(state, start + e.e0, e.count, vectors, next);
       const uint32_t word = pack_word(group, lane, bits);
       const int64_t chunk_words = min(layout.block - c, kChunk) * bits / 32;
       if (lane < chunk_words) words[b * layout.words_per_block + c * bits / 32 + lane] = word;

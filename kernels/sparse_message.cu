@@ -19,7 +19,7 @@ __global__ void gather_message_kernel(const T* a, T* b, const int32_t* __restric
   }
 }
 
-constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums
+constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums, 48 KiB with the marks
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -43,12 +43,12 @@ __global__ void decode_offsets_kernel(const uint8_t* __restrict__ gathered, int6
   }
 }
 
-constexpr int32_t kNoOwner = -1;
-
 // One tile of h per iteration of a persistent block. The sums live in shared memory, touched only
 // at the entries the messages carry: rank by rank (a barrier between ranks keeps rank order), the
-// first rank that carries an entry starts its sum and owns it; then each owner updates h once and
-// clears its mark. Work per tile: the entries the messages carry there, not the tile's size.
+// first rank that carries an entry in this tile (its stamp is not yet the tile's) starts its sum
+// and owns it; then each owner updates h once. Stamps make clearing between tiles unnecessary,
+// and no thread writes a mark that another reads without a barrier between. Work per tile: the
+// entries the messages carry there, not the tile's size.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h, int64_t n,
                                                                const uint8_t* __restrict__ gathered, int64_t rows,
@@ -56,11 +56,13 @@ __global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h
                                                                DecodeRule rule, const int32_t* __restrict__ offsets,
                                                                int64_t tiles) {
   __shared__ float acc[kDecodeTile];
-  __shared__ int32_t owner[kDecodeTile];  // the rank whose entry starts the sum, or kNoOwner
-  for (int e = threadIdx.x; e < kDecodeTile; e += blockDim.x) owner[e] = kNoOwner;
+  __shared__ int32_t stamp[kDecodeTile];  // the last tile that carried the entry
+  __shared__ int32_t owner[kDecodeTile];  // the first rank that carried it there
+  for (int e = threadIdx.x; e < kDecodeTile; e += blockDim.x) stamp[e] = -1;
   __syncthreads();
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t base = tile * kDecodeTile;
+    const auto tile_stamp = static_cast<int32_t>(tile);
     // Rank j's entries of this tile: positions [lo, hi) of its message.
     auto range = [&](int64_t j, int64_t& lo, int64_t& hi) {
       const int32_t* row_offsets = offsets + j * (tiles + 1);
@@ -81,7 +83,8 @@ __global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h
       for (int64_t p = lo + threadIdx.x; p < hi; p += blockDim.x) {
         const int local = local_of(idx, p);
         if (local < 0) continue;  // distinct within a rank: no two threads share a local entry
-        if (owner[local] == kNoOwner) {
+        if (stamp[local] != tile_stamp) {
+          stamp[local] = tile_stamp;
           owner[local] = static_cast<int32_t>(j);
           acc[local] = rule.add(0.0f, j, load(values[p]));
         } else {
@@ -98,11 +101,10 @@ __global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h
         const int local = local_of(idx, p);
         if (local >= 0 && owner[local] == static_cast<int32_t>(j)) {
           h[base + local] = add_decoded(h[base + local], rule.finish(acc[local]));
-          owner[local] = kNoOwner;  // a later rank's check then fails too: it is not the owner
         }
       }
     }
-    __syncthreads();  // before the next tile reuses the sums and marks
+    __syncthreads();  // before the next tile writes the sums and marks
   }
 }
 

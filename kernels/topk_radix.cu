@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(kBlock) hinted_kernel(TopkSource<T> src, int64
 // filter of the pass before), in pass 1 over the input also the ordered write of the entries at
 // or above pass 0's bin; the last block chooses the bin of the k-th and advances the state.
 template <typename T>
-__global__ void __launch_bounds__(kBlock) pass_kernel(TopkSource<T> src, int64_t n, Workspace ws, int pass,
+__global__ void __launch_bounds__(kBlock, 3) pass_kernel(TopkSource<T> src, int64_t n, Workspace ws, int pass,
                                                       bool vectors) {
   __shared__ uint32_t hist[rule::kBins];
   __shared__ union {
@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(kBlock) pass_kernel(TopkSource<T> src, int64_t
 
 // The k selected indices in index order; with a hint, the next hint from the least key taken.
 template <typename T>
-__global__ void __launch_bounds__(kBlock) final_kernel(TopkSource<T> src, int64_t n, Workspace ws, float* hint,
+__global__ void __launch_bounds__(kBlock, 3) final_kernel(TopkSource<T> src, int64_t n, Workspace ws, float* hint,
                                                        bool vectors, int32_t* __restrict__ out) {
   __shared__ OrderedScratch scratch;
   __shared__ uint32_t slot, last, warp_min[kBlock / 32];

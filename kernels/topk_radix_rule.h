@@ -47,14 +47,7 @@ EFCOMM_HD uint32_t key_of(T v) {
 // The magnitude a key stands for, as a float (NaN for the NaN key).
 template <typename T>
 EFCOMM_HD float magnitude_of(uint32_t key) {
-  T v;
-  if constexpr (sizeof(T) == 4) {
-    std::memcpy(&v, &key, 4);
-  } else {
-    const auto narrow = static_cast<uint16_t>(key);
-    std::memcpy(&v, &narrow, 2);
-  }
-  return load(v);
+  return load(from_bits<T>(key));
 }
 
 // Which bits each pass decides, for keys of key_bits bits.

@@ -12,10 +12,16 @@ from efcomm import ops
 
 NUMEL, K = 100_003, 1000
 
-# The default select reads the candidate count on the host; radix2 reads nothing.
-TOPK_SELECTS = [
+# The default select reads the candidate count on the host; radix2 reads nothing. Capturing the
+# default is not attempted (a failed capture can leave the process's CUDA state unusable for the
+# tests that follow it): its sync test shows the read.
+SYNC_SELECTS = [
     "radix2",
     pytest.param("radix", marks=pytest.mark.xfail(strict=True, reason="the default select reads a count on the host")),
+]
+CAPTURE_SELECTS = [
+    "radix2",
+    pytest.param("radix", marks=pytest.mark.xfail(run=False, reason="the default select reads a count on the host")),
 ]
 
 QUANT = [("qsgd", 7, 512, True), ("natural", 0, 1024, True), ("sign", 0, 1024, False), ("int8", 0, 256, False),
@@ -107,14 +113,14 @@ def _captured_equals_eager(calls, hint):
 
 
 @requires_cuda
-@pytest.mark.parametrize("select", TOPK_SELECTS)
+@pytest.mark.parametrize("select", SYNC_SELECTS)
 def test_cuda_topk_ops_do_not_synchronize(select, monkeypatch):
     monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
     _run_without_syncs(_topk_calls(), ops.topk_threshold_hint("cuda"))
 
 
 @requires_cuda
-@pytest.mark.parametrize("select", TOPK_SELECTS)
+@pytest.mark.parametrize("select", CAPTURE_SELECTS)
 def test_cuda_topk_ops_capture_in_a_graph(select, monkeypatch):
     monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
     hint = ops.topk_threshold_hint("cuda")
