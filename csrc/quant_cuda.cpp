@@ -28,7 +28,7 @@ at::Tensor quant_encode_cuda(const at::Tensor& a, const std::optional<at::Tensor
     EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "quant_encode_cuda", [&] {
       using T = typename KernelType<scalar_t>::type;
       T* state = b.has_value() ? kernel_ptr(b->mutable_data_ptr<scalar_t>()) : nullptr;
-      kernels::quantize<T, Codec>(kernel_ptr(ac.const_data_ptr<scalar_t>()), state, state, config.layout,
+      kernels::quantize<T, Codec>(kernel_ptr(ac.const_data_ptr<scalar_t>()), state, config.layout,
                                   config.levels, stochastic, static_cast<uint64_t>(seed),
                                   rng::rounding_stream(step, bucket, rank), own_message_rule(scale),
                                   message.mutable_data_ptr<uint8_t>(), at::cuda::getCurrentCUDAStream());

@@ -1,7 +1,9 @@
 // CUDA implementation of the Top-k family (the contract: csrc/ops.h): argument checks and device
-// guard here; selection by the two-pass radix select of kernels/topk_select.cu (or, with
-// EFCOMM_TOPK_SELECT=sort, a stable ATen sort: the previous path, kept to compare against);
-// the message, the state update and the deterministic decode in kernels/sparse_message.cu.
+// guard here; selection by the two-pass radix select of kernels/topk_select.cu (the default), or
+// with EFCOMM_TOPK_SELECT=radix2 the sync-free select of kernels/topk_radix.cu (no host read; the
+// default once a GPU run has verified it), or with EFCOMM_TOPK_SELECT=sort a stable ATen sort (the
+// first path, kept to compare against); the message, the state update and the deterministic
+// decode in kernels/sparse_message.cu.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,6 +19,7 @@
 #include "csrc/ops.h"
 #include "kernels/compact_message.cuh"
 #include "kernels/sparse_message.cuh"
+#include "kernels/topk_radix.cuh"
 #include "kernels/topk_select.cuh"
 
 namespace efcomm {
@@ -30,9 +33,31 @@ at::Tensor select_topk_by_sort(const at::Tensor& x, int64_t k) {
   return std::get<0>(at::sort(order.narrow(0, 0, k)));
 }
 
-bool select_by_sort() {
+enum class Select { kRadix, kRadix2, kSort };
+
+Select select_from_env() {
   const char* value = std::getenv("EFCOMM_TOPK_SELECT");
-  return value != nullptr && std::strcmp(value, "sort") == 0;
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "radix") == 0) return Select::kRadix;
+  if (std::strcmp(value, "radix2") == 0) return Select::kRadix2;
+  TORCH_CHECK(std::strcmp(value, "sort") == 0, "EFCOMM_TOPK_SELECT (", value, ") must be radix, radix2 or sort");
+  return Select::kSort;
+}
+
+// The sync-free select (kernels/topk_radix.cu): the workspace depends on (n, k) alone, and no
+// count comes back to the host, with or without the hint.
+at::Tensor select_topk_radix2(const at::Tensor& a, const at::Tensor* b, int64_t k, float* hint) {
+  const int64_t n = a.numel();
+  at::Tensor indices = at::empty({k}, a.options().dtype(at::kInt));
+  EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "select_topk_radix2", [&] {
+    using T = typename KernelType<scalar_t>::type;
+    const kernels::TopkSource<T> src{kernel_ptr(a.const_data_ptr<scalar_t>()),
+                                     b ? kernel_ptr(b->const_data_ptr<scalar_t>()) : nullptr};
+    const size_t bytes = kernels::topk_radix_workspace<T>(n, k);
+    at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
+    kernels::topk_radix_select(src, n, k, hint, workspace.mutable_data_ptr(), bytes, indices.mutable_data_ptr<int32_t>(),
+                               at::cuda::getCurrentCUDAStream());
+  });
+  return indices;
 }
 
 // Indices (int32, ascending) of the k entries that rank first among a (b null) or among the
@@ -81,8 +106,13 @@ at::Tensor select_topk_radix(const at::Tensor& a, const at::Tensor* b, int64_t k
 // Top-k of the 1-D contiguous a, or of T(a - b): int32 indices, ascending. The sort path
 // neither reads nor updates the hint.
 at::Tensor select_topk(const at::Tensor& a, const at::Tensor* b, int64_t k, const std::optional<at::Tensor>& threshold) {
-  if (select_by_sort()) return select_topk_by_sort(b ? at::sub(a, *b) : a, k).to(at::kInt);
-  return select_topk_radix(a, b, k, threshold.has_value() ? threshold->mutable_data_ptr<float>() : nullptr);
+  float* hint = threshold.has_value() ? threshold->mutable_data_ptr<float>() : nullptr;
+  switch (select_from_env()) {
+    case Select::kSort: return select_topk_by_sort(b ? at::sub(a, *b) : a, k).to(at::kInt);
+    case Select::kRadix2: return select_topk_radix2(a, b, k, hint);
+    case Select::kRadix: break;
+  }
+  return select_topk_radix(a, b, k, hint);
 }
 
 }  // namespace

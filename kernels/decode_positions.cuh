@@ -1,8 +1,8 @@
 #pragma once
 // The CUDA side of the decode rule (kernels/decode_rule.h) for the families whose rows hold their
-// values at the same positions (dense, Rand-k with shared indices, quantizers): one thread per
-// position, grid-stride, the rows summed in rank order in registers. Included by the .cu files
-// that decode; the reader (ValueRows, quant::QuantRows) says where row j's value t is.
+// values at the same positions (dense, Rand-k with shared indices): one thread per position,
+// grid-stride, the rows summed in rank order in registers. The reader (ValueRows) says where row
+// j's value t is. (The quantizers decode four entries per thread: kernels/quantize.cu.)
 #include <cuda_runtime_api.h>
 
 #include <cstdint>

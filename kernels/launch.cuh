@@ -32,4 +32,21 @@ inline void check_launch(const char* kernel) {
   }
 }
 
+// Grid size for persistent blocks: at most blocks_per_sm blocks per multiprocessor of the
+// current device (the count is cached per device; a host query, not a synchronisation), and
+// no more than there are units of work.
+inline unsigned int resident_grid(int64_t work, int blocks_per_sm = 8) {
+  constexpr int kMaxDevices = 64;
+  static int sm_counts[kMaxDevices] = {};
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  if (device >= kMaxDevices) throw std::runtime_error("efcomm: more than 64 CUDA devices");
+  if (sm_counts[device] == 0) {
+    check_cuda(cudaDeviceGetAttribute(&sm_counts[device], cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute (multiprocessors)");
+  }
+  const int64_t cap = int64_t{sm_counts[device]} * blocks_per_sm;
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(work, cap)));
+}
+
 }  // namespace efcomm::kernels

@@ -15,13 +15,13 @@
 namespace efcomm::kernels {
 
 // Writes the message of d into `message` (layout.nbytes, 4-byte aligned): d_i = x_i, or
-// T(float(x_i) - float(sub_i)) with sub. One warp per block: the block statistic in the
-// canonical lane order, then the codes, then the packed words. With update,
-// update_i += own.single(v_i), v_i the value of entry i's code (update may alias sub).
+// T(float(x_i) - float(state_i)) with state, and then state_i += own.single(v_i), v_i the value of
+// entry i's code. One warp per quantizer block (a grid of persistent warps): the block statistic
+// in the canonical lane order (lane l holds entries 4l..4l+3 of every 128), then the codes, packed
+// into words in registers (warp shuffles). Requires layout.bits <= 8.
 template <typename T, typename Codec>
 void quantize(const T* x,                     // [numel]
-              const T* sub,                   // [numel] or null
-              T* update,                      // [numel], updated in place, or null
+              T* state,                       // [numel], updated in place, or null
               const wire::QuantLayout& layout,
               int32_t levels, bool stochastic, uint64_t seed, uint64_t stream_id,
               DecodeRule own,                 // own_message_rule(scale)
@@ -29,7 +29,9 @@ void quantize(const T* x,                     // [numel]
               cudaStream_t stream);
 
 // The decode rule (kernels/decode_rule.h) over `rows` gathered messages, each entry's value
-// from the codec; any header bits decode as on the CPU.
+// from the codec; any header bits decode as on the CPU. One thread per four entries: it reads
+// their codes (one or two words) and the block header of every row, sums in rank order in
+// registers, and updates h once. Requires layout.bits <= 8.
 template <typename T, typename Codec>
 void quant_decode_add(T* h,                     // [layout.numel], updated in place
                       const uint8_t* gathered,  // [rows, layout.nbytes]

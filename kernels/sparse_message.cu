@@ -19,7 +19,7 @@ __global__ void gather_message_kernel(const T* a, T* b, const int32_t* __restric
   }
 }
 
-constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums
+constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums, 48 KiB with the marks
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -43,39 +43,68 @@ __global__ void decode_offsets_kernel(const uint8_t* __restrict__ gathered, int6
   }
 }
 
+// One tile of h per iteration of a persistent block. The sums live in shared memory, touched only
+// at the entries the messages carry: rank by rank (a barrier between ranks keeps rank order), the
+// first rank that carries an entry in this tile (its stamp is not yet the tile's) starts its sum
+// and owns it; then each owner updates h once. Stamps make clearing between tiles unnecessary,
+// and no thread writes a mark that another reads without a barrier between. Work per tile: the
+// entries the messages carry there, not the tile's size.
 template <typename T>
-__global__ void tile_decode_kernel(T* __restrict__ h, int64_t n, const uint8_t* __restrict__ gathered, int64_t rows,
-                                   int64_t row_bytes, int64_t indices_offset, int64_t k, DecodeRule rule,
-                                   const int32_t* __restrict__ offsets, int64_t tiles) {
+__global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h, int64_t n,
+                                                               const uint8_t* __restrict__ gathered, int64_t rows,
+                                                               int64_t row_bytes, int64_t indices_offset, int64_t k,
+                                                               DecodeRule rule, const int32_t* __restrict__ offsets,
+                                                               int64_t tiles) {
   __shared__ float acc[kDecodeTile];
-  __shared__ uint8_t carried[kDecodeTile];
+  __shared__ int32_t stamp[kDecodeTile];  // the last tile that carried the entry
+  __shared__ int32_t owner[kDecodeTile];  // the first rank that carried it there
+  for (int e = threadIdx.x; e < kDecodeTile; e += blockDim.x) stamp[e] = -1;
+  __syncthreads();
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int64_t base = tile * kDecodeTile;
-    for (int e = threadIdx.x; e < kDecodeTile; e += blockDim.x) {
-      acc[e] = 0.0f;
-      carried[e] = 0;
-    }
-    __syncthreads();
-    for (int64_t j = 0; j < rows; ++j) {  // rank order: the same sums on every rank
+    const auto tile_stamp = static_cast<int32_t>(tile);
+    // Rank j's entries of this tile: positions [lo, hi) of its message.
+    auto range = [&](int64_t j, int64_t& lo, int64_t& hi) {
       const int32_t* row_offsets = offsets + j * (tiles + 1);
-      const int64_t lo = min64(max64(row_offsets[tile], 0), k);
-      const int64_t hi = min64(max64(row_offsets[tile + 1], lo), k);
+      lo = min64(max64(row_offsets[tile], 0), k);
+      hi = min64(max64(row_offsets[tile + 1], lo), k);
+    };
+    auto local_of = [&](const int32_t* idx, int64_t p) {  // -1 outside the tile or past n
+      const int64_t local = static_cast<int64_t>(idx[p]) - base;
+      return local >= 0 && local < kDecodeTile && base + local < n ? static_cast<int>(local) : -1;
+    };
+    for (int64_t j = 0; j < rows; ++j) {  // rank order: the same sums on every rank
+      int64_t lo, hi;
+      range(j, lo, hi);
+      if (lo == hi) continue;  // the same for every thread: no barrier needed
       const uint8_t* row = gathered + j * row_bytes;
       const auto* values = reinterpret_cast<const T*>(row);
       const auto* idx = reinterpret_cast<const int32_t*>(row + indices_offset);
       for (int64_t p = lo + threadIdx.x; p < hi; p += blockDim.x) {
-        const int64_t local = static_cast<int64_t>(idx[p]) - base;
-        if (local >= 0 && local < kDecodeTile && base + local < n) {  // distinct within a rank
+        const int local = local_of(idx, p);
+        if (local < 0) continue;  // distinct within a rank: no two threads share a local entry
+        if (stamp[local] != tile_stamp) {
+          stamp[local] = tile_stamp;
+          owner[local] = static_cast<int32_t>(j);
+          acc[local] = rule.add(0.0f, j, load(values[p]));
+        } else {
           acc[local] = rule.add(acc[local], j, load(values[p]));
-          carried[local] = 1;
         }
       }
       __syncthreads();
     }
-    for (int e = threadIdx.x; e < kDecodeTile && base + e < n; e += blockDim.x) {
-      if (carried[e]) h[base + e] = add_decoded(h[base + e], rule.finish(acc[e]));
+    for (int64_t j = 0; j < rows; ++j) {
+      int64_t lo, hi;
+      range(j, lo, hi);
+      const auto* idx = reinterpret_cast<const int32_t*>(gathered + j * row_bytes + indices_offset);
+      for (int64_t p = lo + threadIdx.x; p < hi; p += blockDim.x) {
+        const int local = local_of(idx, p);
+        if (local >= 0 && owner[local] == static_cast<int32_t>(j)) {
+          h[base + local] = add_decoded(h[base + local], rule.finish(acc[local]));
+        }
+      }
     }
-    __syncthreads();  // before the next tile clears the sums
+    __syncthreads();  // before the next tile writes the sums and marks
   }
 }
 
@@ -103,8 +132,7 @@ void sparse_decode_add(T* h, int64_t n, const uint8_t* gathered, int64_t rows, i
   decode_offsets_kernel<<<grid_for(rows * (k + 1)), kThreads, 0, stream>>>(gathered, rows, row_bytes, indices_offset,
                                                                            k, tiles, workspace);
   check_launch("decode_offsets");
-  const auto blocks = static_cast<unsigned int>(std::min<int64_t>(tiles, 65535 * 8));
-  tile_decode_kernel<T><<<blocks, kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes, indices_offset, k, rule,
+  tile_decode_kernel<T><<<resident_grid(tiles), kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes, indices_offset, k, rule,
                                                          workspace, tiles);
   check_launch("tile_decode");
 }

@@ -31,9 +31,9 @@ void gather_message(const T* a,               // [n]
 // efcomm encoder writes them), every fp32 operation rounded on its own; entries no message
 // carries are left untouched. No floating-point atomics: the index space is cut into tiles, a
 // pass over the indices finds where each rank's entries of each tile begin (offsets, int32
-// [rows, tiles + 1], from decode_workspace_ints), and one block per tile sums its ranks in rank
-// order in shared memory. It reads each message once and touches h only where a message names
-// it. Entries outside [0, n) are skipped; a message whose indices are not ascending is decoded
+// [rows, tiles + 1], from decode_workspace_ints), and a block per tile (persistent blocks) sums
+// its ranks in rank order in shared memory, with work in proportion to the entries the messages
+// carry there. It reads each message once and updates h once, only where a message names it. Entries outside [0, n) are skipped; a message whose indices are not ascending is decoded
 // partially (the CPU reference raises on both).
 int64_t decode_tiles(int64_t n);
 int64_t decode_workspace_ints(int64_t rows, int64_t n);

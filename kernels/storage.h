@@ -38,9 +38,9 @@ struct StorageTraits<float> {
   EFCOMM_HD static float from_float(float v) { return v; }
 };
 
+// The T whose bits are the low 8 * sizeof(T) bits of `bits`.
 template <typename T>
-EFCOMM_HD T canonical_nan() {
-  const uint32_t bits = canonical_nan_bits(StorageTraits<T>::kFormat);
+EFCOMM_HD T from_bits(uint32_t bits) {
   T value;
   if constexpr (sizeof(T) == 4) {
     std::memcpy(&value, &bits, 4);
@@ -49,6 +49,11 @@ EFCOMM_HD T canonical_nan() {
     std::memcpy(&value, &narrow, 2);
   }
   return value;
+}
+
+template <typename T>
+EFCOMM_HD T canonical_nan() {
+  return from_bits<T>(canonical_nan_bits(StorageTraits<T>::kFormat));
 }
 
 template <typename T>

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <ostream>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "csrc/ops.h"
 #include "kernels/counter_rng.h"
+#include "kernels/quant_pack.h"
 #include "kernels/quant_schemes.h"
 #include "kernels/randk_rule.h"
 
@@ -105,6 +107,47 @@ TEST(QuantCodec, DecodesAnyHeaderBits) {
   EXPECT_EQ(quant::Int4Codec::decode(float_field(0.5f), 0x9, 0), -3.5f);             // 4-bit -7
   EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), -3.4f, 0.0f, false, 0), 0x9u);
   EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), 9.0f, 0.0f, false, 0), 0x7u);  // clamped to 7
+}
+
+// The kernels' packing (kernels/quant_pack.h), run lane by lane on the host: each word gathered
+// from the lanes' groups equals the wire layout's (write_code), for every width and for blocks
+// whose last sweep is short; each group read back gives read_code's codes.
+TEST(QuantPack, WarpGatherMatchesTheWireLayout) {
+  for (int bits = 1; bits <= 8; ++bits) {
+    for (const int64_t block : {int64_t{32}, int64_t{96}, int64_t{128}, int64_t{160}, int64_t{512}}) {
+      const wire::QuantLayout layout = wire::quant_layout(block, block, bits);
+      std::vector<uint32_t> expected(layout.nbytes / 4, 0);
+      auto* message = reinterpret_cast<uint8_t*>(expected.data());
+      std::vector<uint32_t> codes(block);
+      for (int64_t e = 0; e < block; ++e) {
+        codes[e] = rng::draw(bits, 7, e) & ((1u << bits) - 1u);
+        wire::write_code(message, layout, e, codes[e]);
+      }
+      const uint32_t* words = expected.data() + layout.codes_offset / 4;
+      for (int64_t sweep = 0; sweep < block; sweep += 128) {
+        uint32_t groups[32] = {};
+        for (int lane = 0; lane < 32; ++lane) {
+          for (int q = 0; q < 4; ++q) {
+            const int64_t e = sweep + 4 * lane + q;
+            if (e < block) groups[lane] |= codes[e] << (q * bits);
+          }
+        }
+        const int64_t sweep_words = std::min<int64_t>(block - sweep, 128) * bits / 32;
+        for (int w = 0; w < sweep_words; ++w) {
+          uint32_t word = 0;
+          for (int j = 0; j < quant::lanes_per_word(bits); ++j) {
+            const int l = quant::first_lane(w, bits) + j;
+            if (l <= quant::last_lane(w, bits) && l < 32) word |= quant::word_part(groups[l], l, w, bits);
+          }
+          EXPECT_EQ(word, words[sweep * bits / 32 + w]) << "bits " << bits << " block " << block << " word " << w;
+        }
+      }
+      for (int64_t e = 0; e < block; e += 4) {
+        const uint32_t group = quant::read_group(words, e * bits, bits);
+        for (int q = 0; q < 4; ++q) EXPECT_EQ(quant::code_of(group, q, bits), codes[e + q]) << bits << " " << e;
+      }
+    }
+  }
 }
 
 TEST(QuantOps, Int8RoundTripIsExactOnItsGrid) {

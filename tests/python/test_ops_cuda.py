@@ -10,9 +10,11 @@ from efcomm import ops
 
 SIZES_AND_K = [(1, 1), (7, 1), (7, 7), (769, 1), (769, 77), (769, 769), (2**20 + 3, 1), (2**20 + 3, 10486)]
 
-# The CUDA Top-k selection: the radix select of kernels/topk_select.cu (the default) and the
-# stable sort it replaced (EFCOMM_TOPK_SELECT=sort), both held to the CPU reference.
-SELECTIONS = ["radix", "sort"]
+# The CUDA Top-k selection: the radix select of kernels/topk_select.cu (the default), the
+# sync-free select of kernels/topk_radix.cu (EFCOMM_TOPK_SELECT=radix2) and the stable sort
+# (EFCOMM_TOPK_SELECT=sort), all held to the CPU reference. The hint is read by the radix selects.
+SELECTIONS = ["radix", "radix2", "sort"]
+HINTED_SELECTIONS = ["radix", "radix2"]
 
 
 def _hinted_calls(k, with_momentum=True):
@@ -105,11 +107,13 @@ def test_threshold_hint_on_another_device_is_rejected():
 
 
 @requires_cuda
+@pytest.mark.parametrize("select", HINTED_SELECTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_hinted_encode_equals_the_exact_one_at_ten_million(dtype):
+def test_cuda_hinted_encode_equals_the_exact_one_at_ten_million(dtype, select, monkeypatch):
     """Issue 10, item 2: on 1e7 entries (k = 1%), every Top-k op gives the exact op's bits with
     a fresh hint (the fallback) and with a hint primed on the same input (the one-pass path, which
     the test checks was taken); the exact CUDA op gives the CPU reference's bits."""
+    monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
     numel, k = 10**7, 10**5
     gen = torch.Generator().manual_seed(10)
     x = torch.randn(numel, generator=gen).to(dtype)
@@ -128,11 +132,13 @@ def test_cuda_hinted_encode_equals_the_exact_one_at_ten_million(dtype):
 
 
 @requires_cuda
+@pytest.mark.parametrize("select", HINTED_SELECTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("numel,k", [(1, 1), (7, 3), (769, 77), (2**20 + 3, 10486)])
-def test_cuda_threshold_path_matches_cpu_exactly(numel, k, dtype):
+def test_cuda_threshold_path_matches_cpu_exactly(numel, k, dtype, select, monkeypatch):
     """The one-pass path (k <= candidates <= 4k), both fallbacks and the hint's bits, against
     the CPU reference, for every Top-k op; ties and NaNs included."""
+    monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
     gen = torch.Generator().manual_seed(numel)
     for name, call in _hinted_calls(k, with_momentum=False):
         base = torch.randn(numel, generator=gen)
@@ -156,7 +162,7 @@ def test_cuda_threshold_path_matches_cpu_exactly(numel, k, dtype):
 @requires_cuda
 @pytest.mark.parametrize("select", SELECTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("numel,k", SIZES_AND_K + [(2**27, 2**27 // 100)])
+@pytest.mark.parametrize("numel,k", SIZES_AND_K)
 def test_cuda_topk_and_its_compositions_match_cpu_exactly(numel, k, dtype, select, monkeypatch):
     monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
     gen = torch.Generator().manual_seed(numel)
@@ -170,6 +176,47 @@ def test_cuda_topk_and_its_compositions_match_cpu_exactly(numel, k, dtype, selec
     v = torch.lerp(states[0], g, 0.1)  # EF21-SGDM's target, formed once
     assert torch.equal(ops.topk_encode_(v.cuda(), states_gpu[1], k, 0.5).cpu(), ops.topk_encode_(v, states[1], k, 0.5))
     assert torch.equal(states_gpu[1].cpu(), states[1])
+
+
+def _assert_exact_topk_on_device(x, indices, k):
+    """An independent check of a Top-k selection on the GPU, without the CPU reference: k
+    distinct ascending indices; no entry left out is larger than an entry taken; among the
+    entries equal to the k-th largest, those taken are the lowest indices (inputs without NaN)."""
+    assert indices.numel() == k and bool((indices[1:] > indices[:-1]).all())
+    magnitude = x.float().abs()
+    taken = torch.zeros(x.numel(), dtype=torch.bool, device=x.device)
+    taken[indices.long()] = True
+    kth = magnitude[taken].min()
+    assert not bool((magnitude[~taken] > kth).any())
+    ties = (magnitude == kth).nonzero().squeeze(1)
+    taken_ties = taken[ties]
+    assert bool((taken_ties[1:] <= taken_ties[:-1]).all())  # taken first, then not taken
+
+
+@requires_cuda
+@pytest.mark.parametrize("select", SELECTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_topk_at_a_hundred_million_is_exact(dtype, select, monkeypatch):
+    """2^27 entries (k = 1%), checked on the GPU by _assert_exact_topk_on_device instead of the
+    CPU reference (which took most of a minute per case): topk, and the encode of a - b with the
+    state update of the decode rule at the k entries."""
+    monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
+    numel, k = 2**27, 2**27 // 100
+    gen = torch.Generator(device="cuda").manual_seed(27)
+    a = torch.randn(numel, device="cuda", generator=gen).to(dtype)
+    b = torch.randn(numel, device="cuda", generator=gen).to(dtype)
+    values, indices = ops.topk(a, k)
+    _assert_exact_topk_on_device(a, indices, k)
+    assert torch.equal(values, a[indices.long()])
+    state = b.clone()
+    message = ops.topk_encode_(a, state, k)
+    d = (a.float() - b.float()).to(dtype)
+    sent = message[-4 * k :].view(torch.int32).long()
+    _assert_exact_topk_on_device(d, sent, k)
+    assert torch.equal(message[: k * a.element_size()].view(dtype), d[sent])
+    expected = b.clone()
+    expected[sent] = (b[sent].float() + d[sent].float()).to(dtype)
+    assert torch.equal(state, expected)
 
 
 @requires_cuda
@@ -208,6 +255,24 @@ def test_cuda_topk_ties_and_crowded_bins_match_cpu(dtype, select, monkeypatch):
             h_gpu = h.cuda()
             assert torch.equal(ops.topk_encode_(x, h, k), ops.topk_encode_(x.cuda(), h_gpu, k).cpu())
             assert torch.equal(h.view(torch.uint8), h_gpu.cpu().view(torch.uint8))
+
+
+@requires_cuda
+@pytest.mark.parametrize("select", SELECTIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_topk_of_unaligned_views_matches_cpu(dtype, select, monkeypatch):
+    """Tensors that start one entry past an aligned address: the selects read them one entry at a
+    time instead of in 16-byte vectors."""
+    monkeypatch.setenv("EFCOMM_TOPK_SELECT", select)
+    gen = torch.Generator().manual_seed(11)
+    numel, k = 2**16 + 5, 655
+    a = torch.randn(numel + 1, generator=gen).to(dtype)
+    b = torch.randn(numel + 1, generator=gen).to(dtype)
+    a_gpu, b_gpu = a.cuda(), b.cuda()  # views of these keep the odd start on the GPU
+    assert torch.equal(ops.topk(a_gpu[1:], k)[1].cpu(), ops.topk(a[1:], k)[1])
+    message = ops.topk_encode_(a[1:], b[1:], k)
+    assert torch.equal(ops.topk_encode_(a_gpu[1:], b_gpu[1:], k).cpu(), message)
+    assert torch.equal(b_gpu.cpu(), b)
 
 
 def _message(values: torch.Tensor, indices: list) -> torch.Tensor:

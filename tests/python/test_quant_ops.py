@@ -420,3 +420,31 @@ def test_cuda_randk_matches_cpu_exactly(numel, k, window, dtype):
     ops.randk_decode_add_(h, gathered, *args, 1.5, weights)
     ops.randk_decode_add_(h_cuda, gathered.cuda(), *args, 1.5, weights.cuda())
     assert torch.equal(h_cuda.cpu(), h)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [32, 96, 160])
+def test_cuda_quantize_unaligned_views_and_partial_sweeps_match_cpu(block, dtype):
+    """The kernels' other paths: tensors that start off a 16-byte boundary (one access per entry
+    instead of vectors), blocks that are not a multiple of a warp's 128-entry sweep, and a last
+    block cut short by the tensor's end."""
+    numel = 4 * block + 37
+    gen = torch.Generator().manual_seed(block)
+    base = (torch.randn(numel + 1, generator=gen) * 3).to(dtype)
+    x, x_gpu = base[1:], base.cuda()[1:]  # contiguous, one entry past an aligned start
+    for scheme, levels, stochastic in SCHEMES:
+        args = (scheme, levels, block, stochastic, 5, 6, 7, 1)
+        message = ops.quant_encode_(x, None, *args)
+        assert torch.equal(ops.quant_encode_(x_gpu, None, *args).cpu(), message), scheme
+        state = torch.randn(numel + 1, generator=gen).to(dtype)
+        state_gpu = state.cuda()
+        fused = ops.quant_encode_(x, state[1:], *args, 0.5)
+        assert torch.equal(ops.quant_encode_(x_gpu, state_gpu[1:], *args, 0.5).cpu(), fused), scheme
+        assert torch.equal(state_gpu.cpu().view(torch.uint8), state.view(torch.uint8)), scheme
+        h = torch.randn(numel + 1, generator=gen).to(dtype)
+        h_gpu = h.cuda()
+        gathered = torch.stack([message, fused])
+        ops.quant_decode_add_(h[1:], gathered, scheme, levels, block, 0.75)
+        ops.quant_decode_add_(h_gpu[1:], gathered.cuda(), scheme, levels, block, 0.75)
+        assert torch.equal(h_gpu.cpu().view(torch.uint8), h.view(torch.uint8)), scheme
