@@ -18,7 +18,9 @@ from torch import Tensor
 
 class DeviceFlag:
     """A boolean computed on the device, read on the host one step later without stalling
-    the stream: on CUDA it is copied to pinned memory behind an event."""
+    the stream: on CUDA it is copied to pinned memory behind an event. By the time it is read
+    (the same bucket, one step later) the event has completed, so the read asks the event
+    (``query``, no synchronisation) and waits only if the device is still behind."""
 
     def __init__(self, value: Tensor) -> None:
         if value.is_cuda:
@@ -32,7 +34,7 @@ class DeviceFlag:
 
     def is_set(self) -> bool:
         if self._value is None:
-            if self._event is not None:
+            if self._event is not None and not self._event.query():
                 self._event.synchronize()
             self._value = bool(self._host)
         return self._value
