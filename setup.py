@@ -68,6 +68,6 @@ setup(
     ext_modules=[CMakeExtension("efcomm._efcomm_ops", target="efcomm_ops")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["torch>=2.11,<2.12", "tqdm>=4.60"],
-    extras_require={"test": ["pytest>=8", "numpy", "matplotlib"], "sim": ["matplotlib"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "numpy", "matplotlib"], "sim": ["matplotlib"]},
     entry_points={"console_scripts": ["efcomm-demo=efcomm.demo:main"]},
 )

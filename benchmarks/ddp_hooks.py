@@ -6,9 +6,10 @@ Specs:
     powersgd:R                        torch's powerSGD_hook, matrix approximation rank R
     METHOD:COMPRESSOR[:RATIO][:FLAG]  efcomm.register(ddp, METHOD, compressor); COMPRESSOR is
                                       topk or randk (RATIO, default 0.01), int8, fp8, sign,
-                                      natural or qsgd; FLAG "threshold" (topk: threshold Top-k)
-                                      or "scaled" (C / (omega + 1), for unbiased compressors
-                                      under the error-feedback methods)
+                                      natural or qsgd; FLAG "threshold" (topk: threshold Top-k),
+                                      "scaled" (C / (omega + 1), for unbiased compressors
+                                      under the error-feedback methods) or "side" (the encode
+                                      on a side stream: side_stream=True); flags combine
 
 Bytes per step are this rank's payload handed to the collectives in one step (what
 ``efcomm``'s ``state.stats.bytes_sent`` counts), not the traffic the collective's algorithm
@@ -59,10 +60,11 @@ class HookSpec:
     powersgd_rank: int = 0
     method: Optional[str] = None
     compressor: Optional[efcomm.Compressor] = None
+    side_stream: bool = False
 
     def label(self) -> str:
         if self.kind == "efcomm":
-            return f"efcomm {self.method} + {self.compressor!r}"
+            return f"efcomm {self.method} + {self.compressor!r}" + (", side stream" if self.side_stream else "")
         return {"allreduce": "DDP all-reduce (no hook)", "fp16": "torch fp16_compress_hook",
                 "bf16": "torch bf16_compress_hook"}.get(self.kind, f"torch PowerSGD rank {self.powersgd_rank}")
 
@@ -95,7 +97,7 @@ def parse_hook(spec: str) -> HookSpec:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: method {method!r} must be one of {sorted(efcomm.METHODS)}")
     if name not in COMPRESSORS:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: compressor {name!r} must be one of {sorted(COMPRESSORS)}")
-    flags = [p for p in rest if p in ("threshold", "scaled")]
+    flags = [p for p in rest if p in ("threshold", "scaled", "side")]
     values = [p for p in rest if p not in flags]
     if values and name not in WITH_RATIO:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: {name} takes no ratio (got {values[0]!r})")
@@ -115,7 +117,7 @@ def parse_hook(spec: str) -> HookSpec:
         efcomm.EFState(method, compressor)  # the method's own checks (e.g. ef21 with a biased compressor)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: {e}") from e
-    return HookSpec(spec, "efcomm", ALL_GATHER, method=method, compressor=compressor)
+    return HookSpec(spec, "efcomm", ALL_GATHER, method=method, compressor=compressor, side_stream="side" in flags)
 
 
 def _one_bucket_at_a_time(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -148,7 +150,7 @@ class ByteMeter:
             self.note = "one bucket at a time on gloo (see benchmarks/ddp_hooks.py)" if serialize else ""
             ddp.register_comm_hook(self.state, _one_bucket_at_a_time if serialize else powerSGD_hook.powerSGD_hook)
         elif spec.kind == "efcomm":
-            self.state = efcomm.register(ddp, spec.method, spec.compressor)
+            self.state = efcomm.register(ddp, spec.method, spec.compressor, side_stream=spec.side_stream)
         self._start = 0
 
     @property

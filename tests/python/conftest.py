@@ -1,5 +1,8 @@
+import os
+
 import pytest
 import torch
+from filelock import FileLock
 
 # Importing efcomm loads the native library; a broken build fails the whole run here.
 import efcomm  # noqa: F401
@@ -23,7 +26,19 @@ def one_thread():
 @pytest.fixture(scope="session")
 def ddp_launches(tmp_path_factory):
     """The multi-process DDP scenarios (tests/python/ddp_workers.py: LAUNCHES), run once for
-    the whole session: {launch: [per-rank {scenario: result}]}."""
+    the whole session: {launch: [per-rank {scenario: result}]}. Under pytest-xdist (the README's
+    ``-n 2``) the first worker that needs them runs them and the others read its results (the
+    folder above a worker's base temp is the session's, shared by its workers)."""
     from ddp_workers import run_launches
 
-    return run_launches(str(tmp_path_factory.mktemp("ddp")))
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return run_launches(str(tmp_path_factory.mktemp("ddp")))
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / "ddp_launches.lock")):
+        done = shared / "ddp_launches.pt"
+        if done.exists():
+            return torch.load(done, weights_only=False)
+        (shared / "ddp").mkdir()
+        results = run_launches(str(shared / "ddp"))
+        torch.save(results, done)
+        return results

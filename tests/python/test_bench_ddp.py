@@ -109,6 +109,9 @@ def test_defaults():
     assert [h.name for h in args.hooks] == ["allreduce", "ef21:topk:0.01:threshold", "ef21:qsgd:scaled"]
     assert args.hooks[1].compressor.threshold is True
     assert (args.warmup, args.steps, args.bucket_cap_mb) == (5, 30, 25.0)
+    side = bench_ddp.parse_args(["--device", "cpu", "--hooks", "ef21:int8:side", "ef21:topk:0.02:threshold:side"]).hooks
+    assert [(h.side_stream, h.label().endswith(", side stream")) for h in side] == [(False, False), (True, True), (True, True)]
+    assert side[2].compressor.threshold is True and side[2].compressor.ratio == 0.02
 
 
 def _counting(monkeypatch, name: str, counts: list) -> None:

@@ -180,14 +180,19 @@ def test_state_validation_and_pickling():
         efcomm.EFState(state_dtype=torch.float64)
     with pytest.raises(TypeError, match="DistributedDataParallel"):
         efcomm.register(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"side_stream \('yes'\) must be a bool"):
+        efcomm.EFState(side_stream="yes")
+    assert efcomm.EFState(side_stream=True).stream_for(torch.device("cpu")) is None  # CPU buckets: no stream
 
-    state = efcomm.EFState("ef21", efcomm.TopK(0.05))
+    state = efcomm.EFState("ef21", efcomm.TopK(0.05), side_stream=True)
+    state._streams = {"cuda:0": object()}  # stands in for a side stream, which cannot be pickled
     state.process_group = object()  # stands in for a live group, which cannot be pickled
     state.param_names = {id(state): "w"}
     state._config_checked = True
     clone = pickle.loads(pickle.dumps(state))
     assert clone.process_group is None and clone.config() == state.config()
     assert clone.param_names == {} and not clone._config_checked  # both belong to one process
+    assert clone._streams == {} and clone.side_stream
 
     other = efcomm.EFState("ef21", efcomm.TopK(0.5))
     with pytest.raises(ValueError, match="checkpoint configuration"):

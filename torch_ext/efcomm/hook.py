@@ -48,7 +48,21 @@ def ef_hook(state: EFState, bucket: dist.GradBucket) -> torch.futures.Future[Ten
             buffer.copy_(out)
         return buffer
 
-    return DDPTransport(group, state.hierarchy).run(step, finish)
+    transport = DDPTransport(group, state.hierarchy)
+    side = state.stream_for(buffer.device)
+    if side is None:
+        return transport.run(step, finish)
+    # side_stream=True: the encode and the collectives' issue run on a side stream that starts
+    # after the bucket is ready, so that the backward pass's next kernels need not queue behind
+    # them; the decode runs in the collective future's callback (on streams that wait for it),
+    # and DDP's wait on the returned future orders the optimizer after it. The state's tensors
+    # are only touched by this bucket's step, which is ordered after the last step's decode
+    # through the backward stream (DDP waited on that step's futures on it).
+    side.wait_stream(torch.cuda.current_stream(buffer.device))
+    if g is not buffer:
+        g.record_stream(side)  # made on the backward stream, read on the side one
+    with torch.cuda.stream(side):
+        return transport.run(step, finish)
 
 
 def check_agreement(state: EFState) -> None:
@@ -72,7 +86,7 @@ def register(
     """Creates an :class:`EFState` for ``ddp_model`` and registers :func:`ef_hook` on it.
 
     ``options`` are passed to :class:`EFState` (``min_compress_numel``, ``state_dtype``,
-    ``allow_biased``, ``seed``), except ``hierarchy``: None (flat), the number of ranks per
+    ``allow_biased``, ``seed``, ``side_stream``), except ``hierarchy``: None (flat), the number of ranks per
     node, or "auto" (torchrun's LOCAL_WORLD_SIZE); its process groups are created here, so
     every rank must call ``register`` (efcomm.hierarchy).
     DDP's own ``mixed_precision`` (which installs a hook of its own) is rejected.

@@ -67,6 +67,7 @@ class EFState:
         always_compress: bool = False,
         seed: int = 0,
         hierarchy: Optional[Hierarchy] = None,
+        side_stream: bool = False,
     ) -> None:
         self.method_impl = make_method(method)
         if self.method_impl.per_worker_iterates:
@@ -87,6 +88,10 @@ class EFState:
         if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
             raise TypeError(f"efcomm: hierarchy ({hierarchy!r}) must be None or an efcomm.hierarchy.Hierarchy")
         self.hierarchy = hierarchy
+        if not isinstance(side_stream, bool):
+            raise TypeError(f"efcomm: side_stream ({side_stream!r}) must be a bool")
+        self.side_stream = side_stream
+        self._streams: dict = {}  # device -> the side stream (side_stream=True, CUDA buckets)
         self.method = self.method_impl.name
         self.allow_biased = allow_biased
         self.always_compress = bool(always_compress)
@@ -142,6 +147,16 @@ class EFState:
                     bucket_state.hints[key] = hint
         ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank, hint)
         return Codec(self.wire, numel, dtype, ctx)
+
+    def stream_for(self, device: torch.device) -> Optional["torch.cuda.Stream"]:
+        """The stream the hook runs a CUDA bucket's encode on with ``side_stream=True`` (one per
+        device, made once); None otherwise (the bucket's own stream)."""
+        if not self.side_stream or device.type != "cuda":
+            return None
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device)
+        return stream
 
     def end_step_if_last(self, last: bool) -> None:
         """At the end of a step, drops the states of layouts that DDP no longer has."""
@@ -230,10 +245,11 @@ class EFState:
         self._config_checked = True
 
     def __getstate__(self) -> dict:
-        # Drop what belongs to this process: the group, parameter identities (id() keys) and
-        # the agreement check, which the process that unpickles must run again.
+        # Drop what belongs to this process: the group, parameter identities (id() keys), the
+        # side streams, and the agreement check, which the process that unpickles must run again.
         state = dict(self.__dict__)
-        state.update(process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set())
+        state.update(process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set(),
+                     _streams={})
         if self.hierarchy is not None:  # its groups belong to this process
             state["hierarchy"] = Hierarchy(self.hierarchy.local_size)
         state["buckets"] = {sig: dataclasses.replace(b, nonfinite=None) for sig, b in self.buckets.items()}
