@@ -132,7 +132,8 @@ void sparse_decode_add(T* h, int64_t n, const uint8_t* gathered, int64_t rows, i
   decode_offsets_kernel<<<grid_for(rows * (k + 1)), kThreads, 0, stream>>>(gathered, rows, row_bytes, indices_offset,
                                                                            k, tiles, workspace);
   check_launch("decode_offsets");
-  tile_decode_kernel<T><<<resident_grid(tiles), kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes, indices_offset, k, rule,
+  // 48 KiB of static shared memory per block: 4 blocks fit on an H100/H200 multiprocessor.
+  tile_decode_kernel<T><<<resident_grid(tiles, 4), kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes, indices_offset, k, rule,
                                                          workspace, tiles);
   check_launch("tile_decode");
 }

@@ -209,6 +209,7 @@ __device__ __forceinline__ bool finished_last(uint32_t* blocks_done, uint32_t& f
   __syncthreads();
   if (threadIdx.x == 0) flag = atomicAdd(blocks_done, 1u) == gridDim.x - 1 ? 1u : 0u;
   __syncthreads();
+  if (flag != 0) __threadfence();  // acquire: the other blocks' writes before the reads that follow
   return flag != 0;
 }
 
