@@ -10,6 +10,7 @@ Environment:
     EFCOMM_BUILD_TESTS   AUTO (default: when GoogleTest is found), ON (required) or OFF
     MAX_JOBS             parallel compile jobs
 """
+
 import os
 import shutil
 import subprocess
@@ -35,7 +36,13 @@ class CMakeBuild(build_ext):
         build_dir = Path(os.environ.get("EFCOMM_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
         build_dir.mkdir(parents=True, exist_ok=True)
         configure = [
-            "cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
+            "-G",
+            "Ninja",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-DPython3_EXECUTABLE={sys.executable}",
             "-DCMAKE_BUILD_TYPE=Release",

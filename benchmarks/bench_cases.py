@@ -5,6 +5,7 @@ Extras: "cub" (the CUB DeviceTopK baseline's fn), "quality" (the fraction of the
 energy a hinted selection keeps), "hint" (threshold Top-k's, to report fallbacks), "bits" (wire
 bits per entry), "sync_free" (whether the op is meant to run without a host synchronisation:
 every op but the Top-k ones on today's default select, which reads a count on the host)."""
+
 import os
 from typing import Callable, NamedTuple, Optional
 
@@ -80,31 +81,57 @@ def topk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device, wor
     for select in (None, "radix2"):
         sync_free = select is not None
         name = _suffix(select)
-        yield Case(f"topk{name}", with_select(select, lambda: ops.topk(g, k)), torch_topk, topk_bound,
-                   {"cub": cub_topk, "sync_free": sync_free})
+        yield Case(
+            f"topk{name}",
+            with_select(select, lambda: ops.topk(g, k)),
+            torch_topk,
+            topk_bound,
+            {"cub": cub_topk, "sync_free": sync_free},
+        )
         if select is None:  # the CUDA selection the radix select replaced (a stable sort)
-            yield Case("topk_sort_path", with_select("sort", lambda: ops.topk(g, k)), torch_topk, topk_bound,
-                       {"sync_free": False})
+            yield Case(
+                "topk_sort_path",
+                with_select("sort", lambda: ops.topk(g, k)),
+                torch_topk,
+                topk_bound,
+                {"sync_free": False},
+            )
         h_timed = h_start.clone()
-        yield Case(f"ef21_encode{name}", with_select(select, lambda h=h_timed: ops.topk_encode_(g, h, k)), torch_encode,
-                   encode_bound, {"cub": cub_encode, "sync_free": sync_free})
+        yield Case(
+            f"ef21_encode{name}",
+            with_select(select, lambda h=h_timed: ops.topk_encode_(g, h, k)),
+            torch_encode,
+            encode_bound,
+            {"cub": cub_encode, "sync_free": sync_free},
+        )
         # Threshold Top-k: the hint primed by one call, then one read of the input per call while
         # between k and 4k entries reach it (else the exact fallback, reported).
         hint = ops.topk_threshold_hint(device)
         exact_values = ops.topk(g, k)[0]
         hinted_values = with_select(select, lambda: ops.topk(g, k, hint))()[0]
         quality = float(hinted_values.double().square().sum() / exact_values.double().square().sum())
-        yield Case(f"topk_threshold{name}", with_select(select, lambda t=hint: ops.topk(g, k, t)), torch_topk,
-                   topk_bound, {"quality": quality, "hint": hint, "sync_free": sync_free})
+        yield Case(
+            f"topk_threshold{name}",
+            with_select(select, lambda t=hint: ops.topk(g, k, t)),
+            torch_topk,
+            topk_bound,
+            {"quality": quality, "hint": hint, "sync_free": sync_free},
+        )
         encode_hint = ops.topk_threshold_hint(device)
         with_select(select, lambda: ops.topk_encode_(g, h_start.clone(), k, threshold=encode_hint))()  # primes it
         exact_message = ops.topk_encode_(g, h_start.clone(), k)
-        hinted_message = with_select(select, lambda: ops.topk_encode_(g, h_start.clone(), k, threshold=encode_hint.clone()))()
+        hinted_message = with_select(
+            select, lambda: ops.topk_encode_(g, h_start.clone(), k, threshold=encode_hint.clone())
+        )()
         encode_quality = float(values(hinted_message).square().sum() / values(exact_message).square().sum())
         h_hinted = h_start.clone()
-        yield Case(f"ef21_encode_threshold{name}",
-                   with_select(select, lambda t=encode_hint, h=h_hinted: ops.topk_encode_(g, h, k, threshold=t)),
-                   torch_encode, encode_bound, {"quality": encode_quality, "hint": encode_hint, "sync_free": sync_free})
+        yield Case(
+            f"ef21_encode_threshold{name}",
+            with_select(select, lambda t=encode_hint, h=h_hinted: ops.topk_encode_(g, h, k, threshold=t)),
+            torch_encode,
+            encode_bound,
+            {"quality": encode_quality, "hint": encode_hint, "sync_free": sync_free},
+        )
     yield decode_case(numel, k, dtype, device, world, gen, h_start)
 
 
@@ -115,8 +142,10 @@ def decode_case(numel, k, dtype, device, world, gen, h_local):
     entries alone)."""
     es = torch.empty((), dtype=dtype).element_size()
     gathered = torch.stack(
-        [ops.topk_encode_(torch.randn(numel, device=device, generator=gen).to(dtype), h_local.clone(), k)
-         for _ in range(world)]
+        [
+            ops.topk_encode_(torch.randn(numel, device=device, generator=gen).to(dtype), h_local.clone(), k)
+            for _ in range(world)
+        ]
     )
     indices = gathered[:, -4 * k :].contiguous().view(torch.int32).long()
     named = torch.unique(indices).numel()
@@ -128,9 +157,13 @@ def decode_case(numel, k, dtype, device, world, gen, h_local):
             v, i = gathered[j, : k * es].view(dtype), gathered[j, -4 * k :].view(torch.int32)
             h.index_add_(0, i.long(), v, alpha=1.0 / world)
 
-    return Case(f"decode_n{world}", lambda: ops.topk_decode_add_(h, gathered, k), torch_decode,
-                gathered.numel() + 2 * SECTOR * sectors,
-                {"entry_bound": gathered.numel() + 2 * named * es, "sync_free": True})
+    return Case(
+        f"decode_n{world}",
+        lambda: ops.topk_decode_add_(h, gathered, k),
+        torch_decode,
+        gathered.numel() + 2 * SECTOR * sectors,
+        {"entry_bound": gathered.numel() + 2 * named * es, "sync_free": True},
+    )
 
 
 def randk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device):
@@ -144,10 +177,20 @@ def randk_cases(numel: int, k: int, dtype: torch.dtype, device: torch.device):
         return g[idx]
 
     bits = 8 * k * es / numel
-    yield Case("randk_window", lambda: ops.randk_encode_(g, None, k, 0, 0, 0, True), torch_randk, 2 * k * es,
-               {"bits": bits, "sync_free": True})
-    yield Case("randk_uniform", lambda: ops.randk_encode_(g, None, k, 0, 0, 0, False), torch_randk, 2 * k * es,
-               {"bits": bits, "sync_free": True})
+    yield Case(
+        "randk_window",
+        lambda: ops.randk_encode_(g, None, k, 0, 0, 0, True),
+        torch_randk,
+        2 * k * es,
+        {"bits": bits, "sync_free": True},
+    )
+    yield Case(
+        "randk_uniform",
+        lambda: ops.randk_encode_(g, None, k, 0, 0, 0, False),
+        torch_randk,
+        2 * k * es,
+        {"bits": bits, "sync_free": True},
+    )
 
 
 # name, scheme, levels, block, stochastic
@@ -211,9 +254,20 @@ def quant_cases(numel: int, dtype: torch.dtype, device: torch.device, world: int
 
         extras = {"bits": 8 * nbytes / numel, "sync_free": True}
         state = torch.zeros_like(g)
-        yield Case(f"{name}_encode", lambda a=args: ops.quant_encode_(g, None, *a), torch_encode, numel * es + nbytes,
-                   extras)
-        yield Case(f"{name}_ef21", lambda a=args, s=state: ops.quant_encode_(g, s, *a), torch_ef21,
-                   3 * numel * es + nbytes, extras)
-        yield Case(f"{name}_decode_n{world}", lambda gathered=gathered, a=args: ops.quant_decode_add_(h, gathered, *a[:3]),
-                   torch_decode, world * nbytes + 2 * numel * es, extras)
+        yield Case(
+            f"{name}_encode", lambda a=args: ops.quant_encode_(g, None, *a), torch_encode, numel * es + nbytes, extras
+        )
+        yield Case(
+            f"{name}_ef21",
+            lambda a=args, s=state: ops.quant_encode_(g, s, *a),
+            torch_ef21,
+            3 * numel * es + nbytes,
+            extras,
+        )
+        yield Case(
+            f"{name}_decode_n{world}",
+            lambda gathered=gathered, a=args: ops.quant_decode_add_(h, gathered, *a[:3]),
+            torch_decode,
+            world * nbytes + 2 * numel * es,
+            extras,
+        )

@@ -26,6 +26,7 @@ Then the wire model's tables (efcomm.wire_model: predicted step times at world s
 512 on four links, and the break-even bandwidths). Results go to <out>/bench_ddp.json and a
 plot to <out>/bench_ddp.png.
 """
+
 import argparse
 import copy
 import datetime
@@ -51,9 +52,11 @@ from efcomm import wire_model
 
 TINY = {"warmup": 3, "steps": 8, "bucket_cap_mb": 0.05}
 FULL = {"warmup": 5, "steps": 30, "bucket_cap_mb": 25.0}  # DDP's default bucket size
-LEGEND = ("step time: median and spread (q1-q3, min-max) of the measured steps; vs allreduce: median against "
-          "DDP's all-reduce median (the baseline);\nMB/step: this rank's payload per step (of dense: its fraction "
-          "of the gradient's bytes); syncs/step: set_sync_debug_mode warnings per measured step (CUDA)")
+LEGEND = (
+    "step time: median and spread (q1-q3, min-max) of the measured steps; vs allreduce: median against "
+    "DDP's all-reduce median (the baseline);\nMB/step: this rank's payload per step (of dense: its fraction "
+    "of the gradient's bytes); syncs/step: set_sync_debug_mode warnings per measured step (CUDA)"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -75,19 +78,40 @@ def _positive_float(text: str) -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="small built-in models and few steps (a CPU functional run)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="small built-in models and few steps (a CPU functional run)"
+    )
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--hooks", nargs="+", type=parse_hook, default=None,
-                        help=f"hooks to compare (default: {' '.join(DEFAULT_HOOKS)}); see benchmarks/ddp_hooks.py")
-    parser.add_argument("--warmup", type=_positive_int, default=None,
-                        help=f"untimed steps per hook, at least 2 (default {FULL['warmup']}; --tiny {TINY['warmup']})")
-    parser.add_argument("--steps", type=_positive_int, default=None,
-                        help=f"measured steps per hook (default {FULL['steps']}; --tiny {TINY['steps']})")
+    parser.add_argument(
+        "--hooks",
+        nargs="+",
+        type=parse_hook,
+        default=None,
+        help=f"hooks to compare (default: {' '.join(DEFAULT_HOOKS)}); see benchmarks/ddp_hooks.py",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_positive_int,
+        default=None,
+        help=f"untimed steps per hook, at least 2 (default {FULL['warmup']}; --tiny {TINY['warmup']})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"measured steps per hook (default {FULL['steps']}; --tiny {TINY['steps']})",
+    )
     parser.add_argument("--world-size", type=_positive_int, default=1, help="ranks to spawn (default 1: one process)")
     parser.add_argument("--backend", choices=["nccl", "gloo"], default=None, help="default: nccl on cuda, gloo on cpu")
-    parser.add_argument("--bucket-cap-mb", type=_positive_float, default=None,
-                        help=f"DDP's bucket_cap_mb (default {FULL['bucket_cap_mb']:g}; --tiny {TINY['bucket_cap_mb']:g})")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="sequences or images per rank (default: the model's)")
+    parser.add_argument(
+        "--bucket-cap-mb",
+        type=_positive_float,
+        default=None,
+        help=f"DDP's bucket_cap_mb (default {FULL['bucket_cap_mb']:g}; --tiny {TINY['bucket_cap_mb']:g})",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="sequences or images per rank (default: the model's)"
+    )
     parser.add_argument("--lr", type=_positive_float, default=1e-4, help="SGD learning rate (momentum 0.9)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for bench_ddp.json and bench_ddp.png")
     args = parser.parse_args(argv)
@@ -96,8 +120,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.warmup < 2:
-        parser.error(f"argument --warmup: {args.warmup} is too few: DDP rebuilds its buckets after step 1 and "
-                     "PowerSGD compresses from step 2, so at least 2 warm-up steps are needed")
+        parser.error(
+            f"argument --warmup: {args.warmup} is too few: DDP rebuilds its buckets after step 1 and "
+            "PowerSGD compresses from step 2, so at least 2 warm-up steps are needed"
+        )
     hooks = args.hooks or [parse_hook(h) for h in DEFAULT_HOOKS]
     names = [h.name for h in hooks]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -112,8 +138,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.backend == "nccl" and args.device != "cuda":
         parser.error("argument --backend: 'nccl' needs --device cuda")
     if args.backend == "nccl" and args.world_size > torch.cuda.device_count():
-        parser.error(f"argument --world-size: {args.world_size} ranks need {args.world_size} GPUs with nccl "
-                     f"({torch.cuda.device_count()} here); use --backend gloo to share one")
+        parser.error(
+            f"argument --world-size: {args.world_size} ranks need {args.world_size} GPUs with nccl "
+            f"({torch.cuda.device_count()} here); use --backend gloo to share one"
+        )
     return args
 
 
@@ -144,8 +172,9 @@ def warm_up_process(workload, args, device: torch.device) -> None:
 def bench_hook(workload, spec, args, device: torch.device) -> dict:
     """Times one hook on a fresh copy of the workload's model; the step times of this rank."""
     model = copy.deepcopy(workload.model)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                  bucket_cap_mb=args.bucket_cap_mb)
+    ddp = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=args.bucket_cap_mb
+    )
     meter = ByteMeter(spec, ddp)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     autocast = device.type == "cuda"
@@ -167,10 +196,18 @@ def bench_hook(workload, spec, args, device: torch.device) -> dict:
             synchronize(device)
             times.append(time.perf_counter() - start)
         syncs = sum("synchronizing CUDA operation" in str(w.message) for w in caught)
-    return {"name": spec.name, "label": spec.label(), "note": meter.note, "kind": spec.kind, "collective": spec.collective,
-            "buckets": bucket_count(ddp),
-            "dense_bytes": meter.dense_bytes, "bytes_per_step": meter.bytes_per_step(args.steps),
-            "syncs_per_step": syncs / args.steps if device.type == "cuda" else None, "times": times}
+    return {
+        "name": spec.name,
+        "label": spec.label(),
+        "note": meter.note,
+        "kind": spec.kind,
+        "collective": spec.collective,
+        "buckets": bucket_count(ddp),
+        "dense_bytes": meter.dense_bytes,
+        "bytes_per_step": meter.bytes_per_step(args.steps),
+        "syncs_per_step": syncs / args.steps if device.type == "cuda" else None,
+        "times": times,
+    }
 
 
 def bucket_count(ddp: DistributedDataParallel) -> int:
@@ -186,8 +223,15 @@ def summarize(result: dict, world: int) -> dict:
     dist.all_gather_object(per_rank, result.pop("times"))
     times = [max(step) for step in zip(*per_rank)]
     q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
-    result.update(median_s=median, q1_s=q1, q3_s=q3, min_s=min(times), max_s=max(times), step_times_s=times,
-                  dense_fraction=result["bytes_per_step"] / result["dense_bytes"])
+    result.update(
+        median_s=median,
+        q1_s=q1,
+        q3_s=q3,
+        min_s=min(times),
+        max_s=max(times),
+        step_times_s=times,
+        dense_fraction=result["bytes_per_step"] / result["dense_bytes"],
+    )
     return result
 
 
@@ -195,14 +239,24 @@ def format_model(model: dict) -> str:
     """The per-hook table of one model."""
     base = model["hooks"][0]["median_s"]
     header = ["hook", "median ms", "q1-q3 ms", "min-max ms", "vs allreduce", "MB/step", "of dense", "syncs/step"]
-    rows = [[h["name"], f"{h['median_s'] * 1e3:.2f}", f"{h['q1_s'] * 1e3:.2f}-{h['q3_s'] * 1e3:.2f}",
-             f"{h['min_s'] * 1e3:.2f}-{h['max_s'] * 1e3:.2f}",
-             "baseline" if h["name"] == "allreduce" else f"{h['median_s'] / base - 1:+.1%}",
-             f"{h['bytes_per_step'] / 1e6:.3f}", f"{h['dense_fraction']:.2%}",
-             "n/a" if h["syncs_per_step"] is None else f"{h['syncs_per_step']:.1f}"] for h in model["hooks"]]
+    rows = [
+        [
+            h["name"],
+            f"{h['median_s'] * 1e3:.2f}",
+            f"{h['q1_s'] * 1e3:.2f}-{h['q3_s'] * 1e3:.2f}",
+            f"{h['min_s'] * 1e3:.2f}-{h['max_s'] * 1e3:.2f}",
+            "baseline" if h["name"] == "allreduce" else f"{h['median_s'] / base - 1:+.1%}",
+            f"{h['bytes_per_step'] / 1e6:.3f}",
+            f"{h['dense_fraction']:.2%}",
+            "n/a" if h["syncs_per_step"] is None else f"{h['syncs_per_step']:.1f}",
+        ]
+        for h in model["hooks"]
+    ]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = [row[0].ljust(widths[0]) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:]))
-             for row in [header] + rows]
+    lines = [
+        row[0].ljust(widths[0]) + "".join(cell.rjust(w + 2) for cell, w in zip(row[1:], widths[1:]))
+        for row in [header] + rows
+    ]
     lines += [f"  {h['name']}: {h['note']}" for h in model["hooks"] if h["note"]]
     return "\n".join(lines)
 
@@ -224,20 +278,34 @@ def run_rank(rank: int, world: int, init_method: str, args: argparse.Namespace) 
         dist.init_process_group(args.backend, store=dist.HashStore(), rank=0, world_size=1)
     start = time.perf_counter()
     if rank == 0:
-        print(f"bench_ddp: {device_name(device)}, {args.backend}, world size {world}, {args.warmup} warm-up + "
-              f"{args.steps} measured steps per hook, commit {_commit()}\n{LEGEND}", flush=True)
+        print(
+            f"bench_ddp: {device_name(device)}, {args.backend}, world size {world}, {args.warmup} warm-up + "
+            f"{args.steps} measured steps per hook, commit {_commit()}\n{LEGEND}",
+            flush=True,
+        )
     models = []
     for name in args.models:
         workload = make_workload(name, device, args.tiny, args.batch_size or 0)
         params = sum(p.numel() for p in workload.model.parameters())
         warm_up_process(workload, args, device)
         hooks = [summarize(bench_hook(workload, spec, args, device), world) for spec in args.hooks]
-        models.append({"name": name, "description": workload.description, "parameters": params,
-                       "dense_bytes": hooks[0]["dense_bytes"], "buckets": hooks[0]["buckets"], "hooks": hooks})
+        models.append(
+            {
+                "name": name,
+                "description": workload.description,
+                "parameters": params,
+                "dense_bytes": hooks[0]["dense_bytes"],
+                "buckets": hooks[0]["buckets"],
+                "hooks": hooks,
+            }
+        )
         del workload
         if rank == 0:
-            print(f"\n{name}: {models[-1]['description']}; {params / 1e6:.2f}M parameters, "
-                  f"gradient {hooks[0]['dense_bytes'] / 1e6:.2f} MB, DDP buckets {hooks[0]['buckets']}", flush=True)
+            print(
+                f"\n{name}: {models[-1]['description']}; {params / 1e6:.2f}M parameters, "
+                f"gradient {hooks[0]['dense_bytes'] / 1e6:.2f} MB, DDP buckets {hooks[0]['buckets']}",
+                flush=True,
+            )
             print(format_model(models[-1]), flush=True)
     if rank == 0:
         report(models, args, device, world, time.perf_counter() - start)
@@ -253,8 +321,9 @@ def _commit() -> str:
     """The checkout's commit ("-dirty" with local changes), or "unknown" outside a git checkout."""
     if shutil.which("git") is None:
         return "unknown"
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent, capture_output=True, text=True
+    )
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
@@ -262,14 +331,24 @@ def report(models: list, args, device: torch.device, world: int, seconds: float)
     """Prints the wire model and writes the JSON and the plot."""
     name = device_name(device)
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": _commit(),
-        "device": name, "torch": torch.__version__, "world_size": world, "backend": args.backend,
-        "autocast": "bfloat16" if device.type == "cuda" else None, "warmup": args.warmup, "steps": args.steps,
-        "bucket_cap_mb": args.bucket_cap_mb, "tiny": args.tiny, "models": models,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "device": name,
+        "torch": torch.__version__,
+        "world_size": world,
+        "backend": args.backend,
+        "autocast": "bfloat16" if device.type == "cuda" else None,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "bucket_cap_mb": args.bucket_cap_mb,
+        "tiny": args.tiny,
+        "models": models,
     }
     text, rows = wire_model.report(results)
-    results["wire_model"] = {"assumptions": "ring collectives, no overlap, bandwidth only (no latency term); "
-                                            "see efcomm.wire_model", "rows": rows}
+    results["wire_model"] = {
+        "assumptions": "ring collectives, no overlap, bandwidth only (no latency term); see efcomm.wire_model",
+        "rows": rows,
+    }
     print(f"\n{text}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +369,10 @@ def plot(results: dict, path: Path) -> None:
         hooks = model["hooks"]
         x = range(len(hooks))
         medians = [h["median_s"] * 1e3 for h in hooks]
-        spread = [[(h["median_s"] - h["q1_s"]) * 1e3 for h in hooks], [(h["q3_s"] - h["median_s"]) * 1e3 for h in hooks]]
+        spread = [
+            [(h["median_s"] - h["q1_s"]) * 1e3 for h in hooks],
+            [(h["q3_s"] - h["median_s"]) * 1e3 for h in hooks],
+        ]
         top, bottom = axes[0][column], axes[1][column]
         top.bar(x, medians, yerr=spread, capsize=3, color="tab:blue")
         top.axhline(medians[0], color="black", linestyle="--", linewidth=1, label="DDP all-reduce")
@@ -302,8 +384,10 @@ def plot(results: dict, path: Path) -> None:
         bottom.set_ylabel("MB sent per step and rank")
         for ax in (top, bottom):
             ax.set_xticks(list(x), [h["name"] for h in hooks], rotation=45, ha="right", fontsize=8)
-    fig.suptitle(f"bench_ddp: {results['backend']}, {results['warmup']} warm-up + {results['steps']} measured steps, "
-                 f"commit {results['commit']}, {results['date']}")
+    fig.suptitle(
+        f"bench_ddp: {results['backend']}, {results['warmup']} warm-up + {results['steps']} measured steps, "
+        f"commit {results['commit']}, {results['date']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

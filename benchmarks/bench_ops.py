@@ -20,6 +20,7 @@ and EF21 encode rows also time cub::DeviceTopK on the same work (benchmarks/cub_
 definitions are benchmarks/bench_cases.py. Results go to <out>/bench_ops.json and a plot to
 <out>/bench_ops.png.
 """
+
 import argparse
 import json
 import sys
@@ -92,34 +93,58 @@ def build_cub_baseline(include: Path):
     from torch.utils.cpp_extension import load
 
     source = Path(__file__).with_name("cub_topk.cu")
-    return load(name="efcomm_cub_topk", sources=[str(source)], extra_include_paths=[str(include)],
-                extra_cuda_cflags=["--expt-relaxed-constexpr", "-std=c++17"], verbose=False)
+    return load(
+        name="efcomm_cub_topk",
+        sources=[str(source)],
+        extra_include_paths=[str(include)],
+        extra_cuda_cflags=["--expt-relaxed-constexpr", "-std=c++17"],
+        verbose=False,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=float, nargs="+", default=None,
-                        help="numel values (default: 1e6 1e7, plus 1e8 and 1e9 on GPU, memory permitting)")
-    parser.add_argument("--bucket-sizes", type=float, nargs="*", default=None,
-                        help="DDP-bucket sizes run before --sizes (default on GPU: 1048576 6553600; none on CPU)")
+    parser.add_argument(
+        "--sizes",
+        type=float,
+        nargs="+",
+        default=None,
+        help="numel values (default: 1e6 1e7, plus 1e8 and 1e9 on GPU, memory permitting)",
+    )
+    parser.add_argument(
+        "--bucket-sizes",
+        type=float,
+        nargs="*",
+        default=None,
+        help="DDP-bucket sizes run before --sizes (default on GPU: 1048576 6553600; none on CPU)",
+    )
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.001, 0.01, 0.1])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
     parser.add_argument("--world", type=int, default=8, help="messages summed by the decode benchmark")
     parser.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
-    parser.add_argument("--check-sync", action="store_true",
-                        help="run each op once under torch.cuda.set_sync_debug_mode('error'); exit 1 when an op "
-                             "meant to be sync-free synchronised")
+    parser.add_argument(
+        "--check-sync",
+        action="store_true",
+        help="run each op once under torch.cuda.set_sync_debug_mode('error'); exit 1 when an op "
+        "meant to be sync-free synchronised",
+    )
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--cccl-include", default=None,
-                        help="CCCL 3.2+ headers for the CUB DeviceTopK baseline (default: an installed nvidia-cuda-cccl wheel)")
+    parser.add_argument(
+        "--cccl-include",
+        default=None,
+        help="CCCL 3.2+ headers for the CUB DeviceTopK baseline (default: an installed nvidia-cuda-cccl wheel)",
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
     if args.check_sync and device.type != "cuda":
         parser.error("--check-sync needs a CUDA device")
     sizes = [int(s) for s in (args.sizes or ([1e6, 1e7, 1e8, 1e9] if device.type == "cuda" else [1e6, 1e7]))]
-    buckets = [int(s) for s in (BUCKET_SIZES if args.bucket_sizes is None and device.type == "cuda" else args.bucket_sizes or [])]
+    buckets = [
+        int(s)
+        for s in (BUCKET_SIZES if args.bucket_sizes is None and device.type == "cuda" else args.bucket_sizes or [])
+    ]
     copy_bw = 2 * 256 * 2**20 / copy_seconds(device, 256 * 2**20, args.min_run_time)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; copy bandwidth {copy_bw / 1e9:.1f} GB/s (read + write of 256 MiB)")
@@ -127,15 +152,22 @@ def main() -> None:
     if device.type == "cuda":
         include = cccl_with_topk(args.cccl_include)
         if include is None:
-            print("CUB DeviceTopK baseline: skipped (no CCCL 3.2+ headers: pip install nvidia-cuda-cccl, or --cccl-include)")
+            print(
+                "CUB DeviceTopK baseline: skipped (no CCCL 3.2+ headers: pip install nvidia-cuda-cccl, or --cccl-include)"
+            )
         else:
             cub = build_cub_baseline(include)
             print(f"CUB DeviceTopK baseline: built against {include}")
-    print("bound: the bytes the op must move at least; of copy: bound / time over the copy bandwidth; "
-          "copy ms: a copy of the input's bytes; launches: GPU operations per call")
-    print(f"{'op':<28} {'numel':>11} {'k/d':>6} {'dtype':<9} {'efcomm ms':>10} {'bound MB':>9} {'GB/s':>7} "
-          f"{'of copy':>8} {'copy ms':>8} {'x copy':>7} {'launches':>8} {'torch ms':>9} {'speedup':>8} "
-          f"{'wire bits':>9} {'cub ms':>8} {'vs cub':>7} {'quality':>8} {'fallback':>8}" + (f" {'sync':>5}" if args.check_sync else ""))
+    print(
+        "bound: the bytes the op must move at least; of copy: bound / time over the copy bandwidth; "
+        "copy ms: a copy of the input's bytes; launches: GPU operations per call"
+    )
+    print(
+        f"{'op':<28} {'numel':>11} {'k/d':>6} {'dtype':<9} {'efcomm ms':>10} {'bound MB':>9} {'GB/s':>7} "
+        f"{'of copy':>8} {'copy ms':>8} {'x copy':>7} {'launches':>8} {'torch ms':>9} {'speedup':>8} "
+        f"{'wire bits':>9} {'cub ms':>8} {'vs cub':>7} {'quality':>8} {'fallback':>8}"
+        + (f" {'sync':>5}" if args.check_sync else "")
+    )
     rows = []
     shared = {}  # baselines several rows share (the selects' rows): timed once per configuration
 
@@ -155,13 +187,26 @@ def main() -> None:
         synced = synchronizes(case.fn) if args.check_sync else None
         nbytes, bits = case.bound_bytes, extras.get("bits")
         row = {
-            "op": case.name, "numel": numel, "ratio": ratio, "dtype": dtype_name, "seconds": t,
-            "bound_bytes": nbytes, "bandwidth": nbytes / t, "fraction_of_copy": nbytes / t / copy_bw,
-            "copy_seconds": copy_t, "vs_copy": t / copy_t, "launches": launches,
-            "torch_seconds": tb, "speedup_vs_torch": tb / t, "wire_bits_per_entry": bits,
-            "cub_seconds": tc, "speedup_vs_cub": None if tc is None else tc / t,
-            "selection_quality": extras.get("quality"), "threshold_fell_back": fell_back,
-            "entry_bound_bytes": extras.get("entry_bound"), "synchronizes": synced,
+            "op": case.name,
+            "numel": numel,
+            "ratio": ratio,
+            "dtype": dtype_name,
+            "seconds": t,
+            "bound_bytes": nbytes,
+            "bandwidth": nbytes / t,
+            "fraction_of_copy": nbytes / t / copy_bw,
+            "copy_seconds": copy_t,
+            "vs_copy": t / copy_t,
+            "launches": launches,
+            "torch_seconds": tb,
+            "speedup_vs_torch": tb / t,
+            "wire_bits_per_entry": bits,
+            "cub_seconds": tc,
+            "speedup_vs_cub": None if tc is None else tc / t,
+            "selection_quality": extras.get("quality"),
+            "threshold_fell_back": fell_back,
+            "entry_bound_bytes": extras.get("entry_bound"),
+            "synchronizes": synced,
             "meant_sync_free": extras.get("sync_free"),
         }
         rows.append(row)
@@ -172,10 +217,13 @@ def main() -> None:
         fallback_text = "-" if fell_back is None else ("yes" if fell_back else "no")
         launches_text = "-" if launches is None else str(launches)
         sync_text = "" if synced is None else f" {'YES' if synced else 'no':>5}"
-        print(f"{case.name:<28} {numel:>11,} {ratio_text:>6} {dtype_name:<9} {t * 1e3:>10.3f} {nbytes / 1e6:>9.2f} "
-              f"{nbytes / t / 1e9:>7.2f} {row['fraction_of_copy']:>8.1%} {copy_t * 1e3:>8.3f} {t / copy_t:>6.2f}x "
-              f"{launches_text:>8} {tb * 1e3:>9.3f} {tb / t:>7.2f}x {bits_text:>9} {cub_text} {quality_text:>8} "
-              f"{fallback_text:>8}{sync_text}", flush=True)
+        print(
+            f"{case.name:<28} {numel:>11,} {ratio_text:>6} {dtype_name:<9} {t * 1e3:>10.3f} {nbytes / 1e6:>9.2f} "
+            f"{nbytes / t / 1e9:>7.2f} {row['fraction_of_copy']:>8.1%} {copy_t * 1e3:>8.3f} {t / copy_t:>6.2f}x "
+            f"{launches_text:>8} {tb * 1e3:>9.3f} {tb / t:>7.2f}x {bits_text:>9} {cub_text} {quality_text:>8} "
+            f"{fallback_text:>8}{sync_text}",
+            flush=True,
+        )
 
     for numel in buckets + sizes:
         if device.type == "cuda":
@@ -207,7 +255,9 @@ def main() -> None:
     if args.check_sync:
         synced = sorted({r["op"] for r in rows if r["synchronizes"]})
         broken = sorted({r["op"] for r in rows if r["synchronizes"] and r["meant_sync_free"]})
-        print(f"ops that synchronised: {', '.join(synced) or 'none'}; of those meant to be sync-free: {', '.join(broken) or 'none'}")
+        print(
+            f"ops that synchronised: {', '.join(synced) or 'none'}; of those meant to be sync-free: {', '.join(broken) or 'none'}"
+        )
         if broken:
             sys.exit(1)
 
@@ -222,10 +272,10 @@ def plot(rows: list[dict], device_name: str, path: Path) -> None:
     columns = 4
     lines = -(-len(op_names) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(5 * columns, 4 * lines), squeeze=False)
-    for ax in axes.flat[len(op_names):]:
+    for ax in axes.flat[len(op_names) :]:
         ax.set_visible(False)
     for ax, op in zip(axes.flat, op_names):
-        for (ratio, dtype) in sorted({(r["ratio"] or 0.0, r["dtype"]) for r in rows if r["op"] == op}):
+        for ratio, dtype in sorted({(r["ratio"] or 0.0, r["dtype"]) for r in rows if r["op"] == op}):
             sel = [r for r in rows if r["op"] == op and (r["ratio"] or 0.0) == ratio and r["dtype"] == dtype]
             label = f"k/d={ratio:g} {dtype}" if ratio else dtype
             ax.plot([r["numel"] for r in sel], [r["fraction_of_copy"] for r in sel], marker="o", label=label)

@@ -57,11 +57,14 @@ std::tuple<at::Tensor, at::Tensor> run(const at::Tensor& a, const at::Tensor* b,
   at::Tensor values = at::empty({k}, a.options());
   const int blocks = static_cast<int>(std::min<int64_t>((k + 255) / 256, 4096));
   gather_kernel<<<std::max(blocks, 1), 256, 0, stream>>>(a.const_data_ptr<float>(), b ? b->data_ptr<float>() : nullptr,
-                                                         indices.const_data_ptr<int64_t>(), k, values.data_ptr<float>());
+                                                         indices.const_data_ptr<int64_t>(), k,
+                                                         values.data_ptr<float>());
   return {values, indices};
 }
 
-std::tuple<at::Tensor, at::Tensor> cub_topk(const at::Tensor& x, int64_t k) { return run(x, nullptr, k); }
+std::tuple<at::Tensor, at::Tensor> cub_topk(const at::Tensor& x, int64_t k) {
+  return run(x, nullptr, k);
+}
 
 std::tuple<at::Tensor, at::Tensor> cub_ef21_encode(const at::Tensor& g, at::Tensor h, int64_t k) {
   return run(g, &h, k);

@@ -28,6 +28,7 @@ callback of another, which on gloo run on the group's two worker threads, so two
 flight can block both threads and deadlock (seen here with the --tiny models); on NCCL the
 callbacks do not block a thread and the hook runs as is.
 """
+
 import argparse
 from dataclasses import dataclass
 from typing import Optional
@@ -41,12 +42,25 @@ import efcomm
 from efcomm.wire_model import ALL_GATHER, ALL_REDUCE
 
 DEFAULT_HOOKS = (
-    "allreduce", "fp16", "bf16", "powersgd:1", "powersgd:4",
-    "ef21:topk:0.01", "ef21:topk:0.01:threshold", "ef21:randk:0.01", "ef:topk:0.01", "ef21:int8",
+    "allreduce",
+    "fp16",
+    "bf16",
+    "powersgd:1",
+    "powersgd:4",
+    "ef21:topk:0.01",
+    "ef21:topk:0.01:threshold",
+    "ef21:randk:0.01",
+    "ef:topk:0.01",
+    "ef21:int8",
 )
 COMPRESSORS = {
-    "topk": efcomm.TopK, "randk": efcomm.RandK, "int8": efcomm.Int8, "fp8": efcomm.FP8,
-    "sign": efcomm.ScaledSign, "natural": efcomm.Natural, "qsgd": efcomm.QSGD,
+    "topk": efcomm.TopK,
+    "randk": efcomm.RandK,
+    "int8": efcomm.Int8,
+    "fp8": efcomm.FP8,
+    "sign": efcomm.ScaledSign,
+    "natural": efcomm.Natural,
+    "qsgd": efcomm.QSGD,
 }
 WITH_RATIO = ("topk", "randk")
 POWERSGD_START = 2  # the smallest start that PowerSGD's error feedback and warm start allow
@@ -65,8 +79,11 @@ class HookSpec:
     def label(self) -> str:
         if self.kind == "efcomm":
             return f"efcomm {self.method} + {self.compressor!r}" + (", side stream" if self.side_stream else "")
-        return {"allreduce": "DDP all-reduce (no hook)", "fp16": "torch fp16_compress_hook",
-                "bf16": "torch bf16_compress_hook"}.get(self.kind, f"torch PowerSGD rank {self.powersgd_rank}")
+        return {
+            "allreduce": "DDP all-reduce (no hook)",
+            "fp16": "torch fp16_compress_hook",
+            "bf16": "torch bf16_compress_hook",
+        }.get(self.kind, f"torch PowerSGD rank {self.powersgd_rank}")
 
 
 def _ratio(text: str, spec: str) -> float:
@@ -91,7 +108,8 @@ def parse_hook(spec: str) -> HookSpec:
         return HookSpec(spec, "powersgd", ALL_REDUCE, powersgd_rank=int(parts[1]))
     if len(parts) < 2:
         raise argparse.ArgumentTypeError(
-            f"hook {spec!r}: expected allreduce, fp16, bf16, powersgd:RANK or METHOD:COMPRESSOR[:RATIO][:FLAG]")
+            f"hook {spec!r}: expected allreduce, fp16, bf16, powersgd:RANK or METHOD:COMPRESSOR[:RATIO][:FLAG]"
+        )
     method, name, rest = parts[0], parts[1], parts[2:]
     if method not in efcomm.METHODS:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: method {method!r} must be one of {sorted(efcomm.METHODS)}")
@@ -145,7 +163,8 @@ class ByteMeter:
             ddp.register_comm_hook(group, default_hooks.bf16_compress_hook)
         elif spec.kind == "powersgd":
             self.state = powerSGD_hook.PowerSGDState(
-                group, matrix_approximation_rank=spec.powersgd_rank, start_powerSGD_iter=POWERSGD_START)
+                group, matrix_approximation_rank=spec.powersgd_rank, start_powerSGD_iter=POWERSGD_START
+            )
             serialize = dist.get_backend(group) == dist.Backend.GLOO
             self.note = "one bucket at a time on gloo (see benchmarks/ddp_hooks.py)" if serialize else ""
             ddp.register_comm_hook(self.state, _one_bucket_at_a_time if serialize else powerSGD_hook.powerSGD_hook)
@@ -172,8 +191,7 @@ class ByteMeter:
             return float(self.dense_numel * 2)
         if kind == "powersgd":
             return (self.state.total_numel_after_compression - self._start) * self.element_size / steps
-        history = self.state.stats.history[self._start:]
+        history = self.state.stats.history[self._start :]
         if len(history) != steps:
             raise RuntimeError(f"bench_ddp: efcomm recorded {len(history)} steps where {steps} were measured")
         return sum(entry["bytes_sent"] for entry in history) / steps
-

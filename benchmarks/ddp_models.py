@@ -7,6 +7,7 @@ channels-last on CUDA. Without transformers or torchvision, and always with ``ti
 built-in model of the same kind takes the place of each (a causal transformer, a ResNet of
 basic blocks); its description says which ran.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,11 +52,17 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
-        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.relu(self.body(x) + self.skip(x))
@@ -67,9 +74,15 @@ class SmallResNet(nn.Module):
     def __init__(self, width: int, classes: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            BasicBlock(width, width, 1), BasicBlock(width, 2 * width, 2), BasicBlock(2 * width, 4 * width, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, classes),
+            nn.Conv2d(3, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            BasicBlock(width, width, 1),
+            BasicBlock(width, 2 * width, 2),
+            BasicBlock(2 * width, 4 * width, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * width, classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,8 +150,12 @@ def resnet50(device: torch.device, tiny: bool, batch_size: int, batches: int) ->
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     inputs = [
-        (torch.randn(batch_size, 3, size, size, device=device, generator=gen).contiguous(memory_format=memory_format),
-         torch.randint(0, classes, (batch_size,), device=device, generator=gen))
+        (
+            torch.randn(batch_size, 3, size, size, device=device, generator=gen).contiguous(
+                memory_format=memory_format
+            ),
+            torch.randint(0, classes, (batch_size,), device=device, generator=gen),
+        )
         for _ in range(batches)
     ]
     return Workload("resnet50", f"{description}, batch {batch_size}, {size}x{size}", model, inputs, _image_loss)

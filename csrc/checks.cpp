@@ -14,8 +14,8 @@ namespace {
 void check_float_tensor(const at::Tensor& t, const char* op, const char* arg) {
   TORCH_CHECK(t.defined(), op, ": ", arg, " is undefined");
   const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": ", arg, " has dtype ",
-              dtype, "; expected float32, bfloat16 or float16");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": ", arg, " has dtype ", dtype,
+              "; expected float32, bfloat16 or float16");
   TORCH_CHECK(!t.is_sparse(), op, ": ", arg, " must be a dense tensor");
   TORCH_CHECK(t.numel() <= kMaxSparsifiedNumel, op, ": ", arg, " has ", t.numel(), " elements; at most ",
               kMaxSparsifiedNumel, " fit int32 indices");
@@ -31,15 +31,15 @@ void check_stream_args(int64_t step, int64_t rank, const char* op) {
 }
 
 // `state` (named state_name), updated in place from `source` (named source_name).
-void check_state(const at::Tensor& source, const char* source_name, const at::Tensor& state,
-                 const char* state_name, const char* op) {
+void check_state(const at::Tensor& source, const char* source_name, const at::Tensor& state, const char* state_name,
+                 const char* op) {
   check_float_tensor(state, op, state_name);
-  TORCH_CHECK(state.sizes() == source.sizes(), op, ": ", state_name, " has shape ", state.sizes(), " but ",
-              source_name, " has shape ", source.sizes());
-  TORCH_CHECK(state.scalar_type() == source.scalar_type(), op, ": ", state_name, " has dtype ",
-              state.scalar_type(), " but ", source_name, " has dtype ", source.scalar_type());
-  TORCH_CHECK(state.device() == source.device(), op, ": ", state_name, " is on ", state.device(), " but ",
-              source_name, " is on ", source.device());
+  TORCH_CHECK(state.sizes() == source.sizes(), op, ": ", state_name, " has shape ", state.sizes(), " but ", source_name,
+              " has shape ", source.sizes());
+  TORCH_CHECK(state.scalar_type() == source.scalar_type(), op, ": ", state_name, " has dtype ", state.scalar_type(),
+              " but ", source_name, " has dtype ", source.scalar_type());
+  TORCH_CHECK(state.device() == source.device(), op, ": ", state_name, " is on ", state.device(), " but ", source_name,
+              " is on ", source.device());
   TORCH_CHECK(state.is_contiguous(), op, ": ", state_name, " (updated in place) must be contiguous; got strides ",
               state.strides());
 }
@@ -56,26 +56,25 @@ void check_like(const at::Tensor& g, const at::Tensor& other, const char* other_
 }
 
 // h updated in place with the rows of `gathered`, which must be [rows, nbytes].
-void check_gathered(const at::Tensor& h, const at::Tensor& gathered, int64_t nbytes, const char* what,
-                    double scale, const std::optional<at::Tensor>& weights, const char* op) {
+void check_gathered(const at::Tensor& h, const at::Tensor& gathered, int64_t nbytes, const char* what, double scale,
+                    const std::optional<at::Tensor>& weights, const char* op) {
   TORCH_CHECK(gathered.defined(), op, ": gathered is undefined");
   TORCH_CHECK(gathered.scalar_type() == at::kByte, op, ": gathered has dtype ", gathered.scalar_type(),
               "; expected uint8");
   TORCH_CHECK(gathered.dim() == 2, op, ": gathered must be 2-D [rows, message_bytes]; got shape ", gathered.sizes());
   TORCH_CHECK(gathered.size(0) >= 1, op, ": gathered holds no messages (shape ", gathered.sizes(), ")");
   TORCH_CHECK(gathered.is_contiguous(), op, ": gathered must be contiguous; got strides ", gathered.strides());
-  TORCH_CHECK(gathered.device() == h.device(), op, ": gathered is on ", gathered.device(), " but h is on ",
-              h.device());
+  TORCH_CHECK(gathered.device() == h.device(), op, ": gathered is on ", gathered.device(), " but h is on ", h.device());
   TORCH_CHECK(reinterpret_cast<std::uintptr_t>(gathered.const_data_ptr()) % 4 == 0, op,
               ": gathered must start at a 4-byte aligned address (storage offset ", gathered.storage_offset(), ")");
-  TORCH_CHECK(gathered.size(1) == nbytes, op, ": gathered rows have ", gathered.size(1), " bytes but ", what,
-              " has ", nbytes, " bytes");
+  TORCH_CHECK(gathered.size(1) == nbytes, op, ": gathered rows have ", gathered.size(1), " bytes but ", what, " has ",
+              nbytes, " bytes");
   check_scale(scale, op);
   if (!weights.has_value()) return;
   const at::Tensor& w = *weights;
   TORCH_CHECK(w.scalar_type() == at::kFloat, op, ": weights has dtype ", w.scalar_type(), "; expected float32");
-  TORCH_CHECK(w.dim() == 1 && w.is_contiguous(), op, ": weights must be a contiguous 1-D tensor; got shape ",
-              w.sizes(), " and strides ", w.strides());
+  TORCH_CHECK(w.dim() == 1 && w.is_contiguous(), op, ": weights must be a contiguous 1-D tensor; got shape ", w.sizes(),
+              " and strides ", w.strides());
   TORCH_CHECK(w.numel() == gathered.size(0), op, ": weights has ", w.numel(), " entries but gathered holds ",
               gathered.size(0), " messages");
   TORCH_CHECK(w.device() == h.device(), op, ": weights is on ", w.device(), " but h is on ", h.device());
@@ -180,8 +179,9 @@ SparseFormat check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathe
   check_decoded(h, op);
   check_k(k, h.numel(), op);
   const SparseFormat format = sparse_format(h.scalar_type(), value_dtype, index_bits, op);
-  const std::string what = std::string("a ") + (format.compact ? "compact " : "") + "Top-k message of k=" +
-                           std::to_string(k) + " " + c10::toString(format.value_dtype) + " values";
+  const std::string what = std::string("a ") + (format.compact ? "compact " : "") +
+                           "Top-k message of k=" + std::to_string(k) + " " + c10::toString(format.value_dtype) +
+                           " values";
   check_gathered(h, gathered, sparse_message_nbytes(h.numel(), k, format), what.c_str(), scale, weights, op);
   return format;
 }
@@ -192,8 +192,8 @@ wire::DenseLayout check_randk_decode_args(const at::Tensor& h, const at::Tensor&
   check_decoded(h, op);
   check_randk_args(h, k, step, std::nullopt, op);
   const wire::DenseLayout layout = dense_layout_of(k, h.scalar_type());
-  const std::string what = "a Rand-k message of k=" + std::to_string(k) + " " + c10::toString(h.scalar_type()) +
-                           " values";
+  const std::string what =
+      "a Rand-k message of k=" + std::to_string(k) + " " + c10::toString(h.scalar_type()) + " values";
   check_gathered(h, gathered, layout.nbytes, what.c_str(), scale, weights, op);
   return layout;
 }
@@ -216,8 +216,8 @@ wire::DenseLayout check_dense_decode_args(const at::Tensor& h, const at::Tensor&
   check_decoded(h, op);
   TORCH_CHECK(h.numel() >= 1, op, ": h is empty");
   const wire::DenseLayout layout = dense_layout_of(h.numel(), h.scalar_type());
-  const std::string what = "a dense message of " + std::to_string(h.numel()) + " " +
-                           c10::toString(h.scalar_type()) + " values";
+  const std::string what =
+      "a dense message of " + std::to_string(h.numel()) + " " + c10::toString(h.scalar_type()) + " values";
   check_gathered(h, gathered, layout.nbytes, what.c_str(), scale, weights, op);
   return layout;
 }

@@ -8,11 +8,17 @@
 namespace efcomm {
 
 template <typename T>
-struct KernelType { using type = T; };
+struct KernelType {
+  using type = T;
+};
 template <>
-struct KernelType<c10::Half> { using type = __half; };
+struct KernelType<c10::Half> {
+  using type = __half;
+};
 template <>
-struct KernelType<c10::BFloat16> { using type = __nv_bfloat16; };
+struct KernelType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
 
 template <typename T>
 typename KernelType<T>::type* kernel_ptr(T* p) {

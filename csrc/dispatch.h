@@ -2,8 +2,8 @@
 // The dtypes every efcomm op accepts for gradients and error-feedback state.
 #include <ATen/Dispatch.h>
 
-#define EFCOMM_DISPATCH_CASE_FLOAT_TYPES(...)            \
-  AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)   \
+#define EFCOMM_DISPATCH_CASE_FLOAT_TYPES(...)             \
+  AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)    \
   AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \
   AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)
 

@@ -11,8 +11,8 @@ namespace efcomm {
 namespace {
 
 void check_value_dtype(c10::ScalarType dtype, const char* op) {
-  TORCH_CHECK(dtype == c10::kFloat || dtype == c10::kBFloat16 || dtype == c10::kHalf, op, ": dtype (",
-              dtype, ") must be float32, bfloat16 or float16");
+  TORCH_CHECK(dtype == c10::kFloat || dtype == c10::kBFloat16 || dtype == c10::kHalf, op, ": dtype (", dtype,
+              ") must be float32, bfloat16 or float16");
 }
 
 }  // namespace
@@ -33,8 +33,8 @@ SparseFormat sparse_format(c10::ScalarType dtype, std::optional<c10::ScalarType>
                            const char* op) {
   const c10::ScalarType values = value_dtype.value_or(dtype);
   const bool narrower = dtype == c10::kFloat && (values == c10::kBFloat16 || values == c10::kHalf);
-  TORCH_CHECK(values == dtype || narrower, op, ": value_dtype (", values, ") must be the tensor's dtype (", dtype,
-              ")", dtype == c10::kFloat ? ", bfloat16 or float16" : "");
+  TORCH_CHECK(values == dtype || narrower, op, ": value_dtype (", values, ") must be the tensor's dtype (", dtype, ")",
+              dtype == c10::kFloat ? ", bfloat16 or float16" : "");
   TORCH_CHECK(index_bits == 32 || index_bits == 16, op, ": index_bits (", index_bits, ") must be 32 or 16");
   return SparseFormat{values, index_bits == 16};
 }
@@ -44,8 +44,7 @@ int64_t sparse_message_nbytes(int64_t numel, int64_t k, const SparseFormat& form
                         : sparse_layout_of(k, format.value_dtype).nbytes;
 }
 
-QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block,
-                         const char* op) {
+QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block, const char* op) {
   TORCH_CHECK(numel >= 1, op, ": numel (", numel, ") must be at least 1");
   const int32_t id = quant::scheme_id(std::string(scheme));
   TORCH_CHECK(id >= 0, op, ": scheme ('", scheme, "') must be one of ", quant::scheme_names());
@@ -81,7 +80,8 @@ int64_t message_nbytes(c10::string_view family, int64_t numel, c10::ScalarType d
     return dense_layout_of(k, dtype).nbytes;
   }
   if (family == "dense") return dense_layout_of(numel, dtype).nbytes;
-  TORCH_CHECK(family == "quant", op, ": family ('", family, "') must be one of 'topk', 'topk16', 'randk', 'dense', 'quant'");
+  TORCH_CHECK(family == "quant", op, ": family ('", family,
+              "') must be one of 'topk', 'topk16', 'randk', 'dense', 'quant'");
   return quant_config(numel, scheme, levels, block, op).layout.nbytes;
 }
 

@@ -40,8 +40,7 @@ struct QuantConfig {
 
 // Checks scheme (a registered name), block (a multiple of 32 in [32, 8192]), levels (the
 // scheme's range, when it takes levels) and numel (at least 1), naming the bad argument.
-QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block,
-                         const char* op);
+QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block, const char* op);
 
 // The op `message_nbytes(str family, int numel, ScalarType dtype, int k=0, str scheme="",
 // int levels=0, int block=0) -> int`: family "topk" (k values of dtype and k int32 indices; also

@@ -44,40 +44,37 @@
 #include <optional>
 #include <tuple>
 
-#define EFCOMM_DECLARE_OPS(DEVICE)                                                                               \
-  std::tuple<at::Tensor, at::Tensor> topk_##DEVICE(const at::Tensor& x, int64_t k,                              \
-                                                   const std::optional<at::Tensor>& threshold = std::nullopt);   \
-  at::Tensor topk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,           \
-                                  double scale = 1.0, const std::optional<at::Tensor>& threshold = std::nullopt, \
-                                  std::optional<c10::ScalarType> value_dtype = std::nullopt,                    \
-                                  int64_t index_bits = 32);                                                      \
-  void topk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale = 1.0,       \
-                                const std::optional<at::Tensor>& weights = std::nullopt,                         \
-                                std::optional<c10::ScalarType> value_dtype = std::nullopt,                       \
-                                int64_t index_bits = 32);                                                        \
-  at::Tensor randk_indices_##DEVICE(const at::Tensor& x, int64_t k, int64_t seed, int64_t step, int64_t bucket, \
-                                    bool window, std::optional<int64_t> rank = std::nullopt);                    \
-  at::Tensor randk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,          \
-                                   int64_t seed, int64_t step, int64_t bucket, bool window, double scale = 1.0,  \
-                                   std::optional<int64_t> rank = std::nullopt);                                  \
-  void randk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t seed,            \
-                                 int64_t step, int64_t bucket, bool window, double scale = 1.0,                  \
-                                 const std::optional<at::Tensor>& weights = std::nullopt);                       \
-  at::Tensor quant_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b,                     \
-                                   c10::string_view scheme, int64_t levels, int64_t block, bool stochastic,      \
-                                   int64_t seed, int64_t step, int64_t bucket, int64_t rank, double scale = 1.0); \
-  void quant_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, c10::string_view scheme,            \
-                                 int64_t levels, int64_t block, double scale = 1.0,                              \
-                                 const std::optional<at::Tensor>& weights = std::nullopt);                       \
-  at::Tensor dense_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b,                     \
-                                   std::optional<double> clip = std::nullopt, double scale = 1.0);               \
-  void dense_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, double scale = 1.0,                 \
-                                 const std::optional<at::Tensor>& weights = std::nullopt);                       \
-  void motef_track_##DEVICE(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,             \
-                            const at::Tensor& G_mean, double lam, double gamma);                                 \
-  at::Tensor lazy_trigger_##DEVICE(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,         \
-                                   double zeta);                                                                  \
-  at::Tensor adacgd_choose_##DEVICE(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,        \
+#define EFCOMM_DECLARE_OPS(DEVICE)                                                                                     \
+  std::tuple<at::Tensor, at::Tensor> topk_##DEVICE(const at::Tensor& x, int64_t k,                                     \
+                                                   const std::optional<at::Tensor>& threshold = std::nullopt);         \
+  at::Tensor topk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,                  \
+                                  double scale = 1.0, const std::optional<at::Tensor>& threshold = std::nullopt,       \
+                                  std::optional<c10::ScalarType> value_dtype = std::nullopt, int64_t index_bits = 32); \
+  void topk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale = 1.0,              \
+                                const std::optional<at::Tensor>& weights = std::nullopt,                               \
+                                std::optional<c10::ScalarType> value_dtype = std::nullopt, int64_t index_bits = 32);   \
+  at::Tensor randk_indices_##DEVICE(const at::Tensor& x, int64_t k, int64_t seed, int64_t step, int64_t bucket,        \
+                                    bool window, std::optional<int64_t> rank = std::nullopt);                          \
+  at::Tensor randk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k, int64_t seed,   \
+                                   int64_t step, int64_t bucket, bool window, double scale = 1.0,                      \
+                                   std::optional<int64_t> rank = std::nullopt);                                        \
+  void randk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t seed, int64_t step,     \
+                                 int64_t bucket, bool window, double scale = 1.0,                                      \
+                                 const std::optional<at::Tensor>& weights = std::nullopt);                             \
+  at::Tensor quant_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, c10::string_view scheme,   \
+                                   int64_t levels, int64_t block, bool stochastic, int64_t seed, int64_t step,         \
+                                   int64_t bucket, int64_t rank, double scale = 1.0);                                  \
+  void quant_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, c10::string_view scheme, int64_t levels,   \
+                                 int64_t block, double scale = 1.0,                                                    \
+                                 const std::optional<at::Tensor>& weights = std::nullopt);                             \
+  at::Tensor dense_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b,                            \
+                                   std::optional<double> clip = std::nullopt, double scale = 1.0);                     \
+  void dense_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, double scale = 1.0,                        \
+                                 const std::optional<at::Tensor>& weights = std::nullopt);                             \
+  void motef_track_##DEVICE(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,                    \
+                            const at::Tensor& G_mean, double lam, double gamma);                                       \
+  at::Tensor lazy_trigger_##DEVICE(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y, double zeta);  \
+  at::Tensor adacgd_choose_##DEVICE(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y,               \
                                     at::IntArrayRef ks, double zeta);
 
 namespace efcomm {

@@ -57,8 +57,8 @@ void quantize_blocks(const T* a, T* b, const QuantConfig& config, bool stochasti
 }  // namespace
 
 at::Tensor quant_encode_cpu(const at::Tensor& a, const std::optional<at::Tensor>& b, c10::string_view scheme,
-                            int64_t levels, int64_t block, bool stochastic, int64_t seed, int64_t step,
-                            int64_t bucket, int64_t rank, double scale) {
+                            int64_t levels, int64_t block, bool stochastic, int64_t seed, int64_t step, int64_t bucket,
+                            int64_t rank, double scale) {
   const QuantConfig config = check_quant_encode_args(a, b, scheme, levels, block, stochastic, step, rank, scale);
   const at::Tensor ac = a.contiguous();
   at::Tensor message = at::zeros({config.layout.nbytes}, a.options().dtype(at::kByte));
@@ -75,8 +75,7 @@ at::Tensor quant_encode_cpu(const at::Tensor& a, const std::optional<at::Tensor>
 
 void quant_decode_add_cpu(at::Tensor& h, const at::Tensor& gathered, c10::string_view scheme, int64_t levels,
                           int64_t block, double scale, const std::optional<at::Tensor>& weights) {
-  const QuantConfig config =
-      check_quant_decode_args(h, gathered, scheme, levels, block, scale, weights);
+  const QuantConfig config = check_quant_decode_args(h, gathered, scheme, levels, block, scale, weights);
   const int64_t rows = gathered.size(0);
   const DecodeRule rule = decode_rule(weights ? weights->const_data_ptr<float>() : nullptr, rows, scale);
   quant::with_codec(config.scheme, [&](auto codec) {

@@ -71,7 +71,8 @@ float* hint_ptr(const std::optional<at::Tensor>& threshold) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& threshold) {
+std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& x, int64_t k,
+                                            const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, threshold);
   const at::Tensor xc = x.contiguous();
   at::Tensor values = at::empty({k}, x.options());
@@ -138,7 +139,8 @@ std::vector<std::pair<int64_t, float>> read_row(const uint8_t* row, int64_t k, i
     for (int64_t c = 0; c < layout.chunks; ++c) {
       TORCH_CHECK(counts[c] <= static_cast<uint32_t>(k - t), op, ": message of rank ", j, " counts more than k (", k,
                   ") entries by chunk ", c);
-      for (uint32_t e = 0; e < counts[c]; ++e, ++t) entries[t] = {c * wire::kCompactChunk + offsets[t], load(values[t])};
+      for (uint32_t e = 0; e < counts[c]; ++e, ++t)
+        entries[t] = {c * wire::kCompactChunk + offsets[t], load(values[t])};
     }
     TORCH_CHECK(t == k, op, ": message of rank ", j, " counts ", t, " entries; k is ", k);
   } else {
@@ -162,7 +164,8 @@ std::vector<std::pair<int64_t, float>> read_row(const uint8_t* row, int64_t k, i
 at::Tensor gather_message_cpu(const at::Tensor& a, const std::optional<at::Tensor>& b,
                               const std::vector<int64_t>& selected, double scale, bool with_indices) {
   const auto k = static_cast<int64_t>(selected.size());
-  const int64_t nbytes = with_indices ? sparse_layout_of(k, a.scalar_type()).nbytes : dense_layout_of(k, a.scalar_type()).nbytes;
+  const int64_t nbytes =
+      with_indices ? sparse_layout_of(k, a.scalar_type()).nbytes : dense_layout_of(k, a.scalar_type()).nbytes;
   at::Tensor message = at::zeros({nbytes}, a.options().dtype(at::kByte));
   EFCOMM_DISPATCH_FLOAT_TYPES(a.scalar_type(), "gather_message_cpu", [&] {
     pack_entries<scalar_t, scalar_t>(a.const_data_ptr<scalar_t>(), b ? b->mutable_data_ptr<scalar_t>() : nullptr,

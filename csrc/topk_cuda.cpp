@@ -54,8 +54,8 @@ at::Tensor select_topk_radix2(const at::Tensor& a, const at::Tensor* b, int64_t 
                                      b ? kernel_ptr(b->const_data_ptr<scalar_t>()) : nullptr};
     const size_t bytes = kernels::topk_radix_workspace<T>(n, k);
     at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, a.options().dtype(at::kByte));
-    kernels::topk_radix_select(src, n, k, hint, workspace.mutable_data_ptr(), bytes, indices.mutable_data_ptr<int32_t>(),
-                               at::cuda::getCurrentCUDAStream());
+    kernels::topk_radix_select(src, n, k, hint, workspace.mutable_data_ptr(), bytes,
+                               indices.mutable_data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream());
   });
   return indices;
 }
@@ -105,19 +105,24 @@ at::Tensor select_topk_radix(const at::Tensor& a, const at::Tensor* b, int64_t k
 
 // Top-k of the 1-D contiguous a, or of T(a - b): int32 indices, ascending. The sort path
 // neither reads nor updates the hint.
-at::Tensor select_topk(const at::Tensor& a, const at::Tensor* b, int64_t k, const std::optional<at::Tensor>& threshold) {
+at::Tensor select_topk(const at::Tensor& a, const at::Tensor* b, int64_t k,
+                       const std::optional<at::Tensor>& threshold) {
   float* hint = threshold.has_value() ? threshold->mutable_data_ptr<float>() : nullptr;
   switch (select_from_env()) {
-    case Select::kSort: return select_topk_by_sort(b ? at::sub(a, *b) : a, k).to(at::kInt);
-    case Select::kRadix2: return select_topk_radix2(a, b, k, hint);
-    case Select::kRadix: break;
+    case Select::kSort:
+      return select_topk_by_sort(b ? at::sub(a, *b) : a, k).to(at::kInt);
+    case Select::kRadix2:
+      return select_topk_radix2(a, b, k, hint);
+    case Select::kRadix:
+      break;
   }
   return select_topk_radix(a, b, k, hint);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& threshold) {
+std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k,
+                                             const std::optional<at::Tensor>& threshold) {
   check_topk_args(x, k, threshold);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor flat = x.contiguous().view({-1});
@@ -126,8 +131,7 @@ std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& x, int64_t k, con
   EFCOMM_DISPATCH_FLOAT_TYPES(x.scalar_type(), "topk_cuda", [&] {
     kernels::gather_message(kernel_ptr(flat.const_data_ptr<scalar_t>()), kernel_ptr(static_cast<scalar_t*>(nullptr)),
                             selected.const_data_ptr<int32_t>(), k, own_message_rule(1.0),
-                            kernel_ptr(values.mutable_data_ptr<scalar_t>()), nullptr,
-                            at::cuda::getCurrentCUDAStream());
+                            kernel_ptr(values.mutable_data_ptr<scalar_t>()), nullptr, at::cuda::getCurrentCUDAStream());
   });
   return {values, selected};
 }
@@ -151,7 +155,9 @@ void with_value_types(c10::ScalarType dtype, c10::ScalarType value_dtype, Fn&& f
 template <typename P>
 using Pointee = std::remove_pointer_t<P>;
 
-bool plain(const SparseFormat& format, c10::ScalarType dtype) { return !format.compact && format.value_dtype == dtype; }
+bool plain(const SparseFormat& format, c10::ScalarType dtype) {
+  return !format.compact && format.value_dtype == dtype;
+}
 
 }  // namespace
 
@@ -180,10 +186,9 @@ at::Tensor topk_encode_cuda(const at::Tensor& a, const std::optional<at::Tensor>
   with_value_types(a.scalar_type(), format.value_dtype, [&](auto* t, auto* v) {
     using T = Pointee<decltype(t)>;
     using V = Pointee<decltype(v)>;
-    kernels::pack_sparse<T, V>(static_cast<const T*>(flat.const_data_ptr()),
-                               state ? static_cast<T*>(state->mutable_data_ptr()) : nullptr,
-                               selected.const_data_ptr<int32_t>(), a.numel(), k, own_message_rule(scale),
-                               format.compact, bytes, stream);
+    kernels::pack_sparse<T, V>(
+        static_cast<const T*>(flat.const_data_ptr()), state ? static_cast<T*>(state->mutable_data_ptr()) : nullptr,
+        selected.const_data_ptr<int32_t>(), a.numel(), k, own_message_rule(scale), format.compact, bytes, stream);
   });
   return message;
 }

@@ -62,7 +62,10 @@ __global__ void expand_sparse_kernel(const uint8_t* __restrict__ gathered, int64
       int64_t lo = 0, hi = compact_layout.chunks;  // the chunk c with starts[c] <= t < starts[c + 1]
       while (lo < hi) {
         const int64_t mid = (lo + hi) / 2;
-        if (starts[mid + 1] <= t) lo = mid + 1; else hi = mid;
+        if (starts[mid + 1] <= t)
+          lo = mid + 1;
+        else
+          hi = mid;
       }
       const uint16_t offset = reinterpret_cast<const uint16_t*>(row + compact_layout.offsets_offset)[t];
       index = lo < compact_layout.chunks && starts[compact_layout.chunks] == k ? lo * wire::kCompactChunk + offset : -1;
@@ -94,22 +97,22 @@ void expand_sparse(const uint8_t* gathered, int64_t rows, int64_t row_bytes, int
     chunk_starts_kernel<<<grid_for(rows), kThreads, 0, stream>>>(gathered, rows, row_bytes, chunks, chunk_starts);
     check_launch("chunk_starts");
   }
-  expand_sparse_kernel<T, V><<<grid_for(rows * k), kThreads, 0, stream>>>(gathered, rows, row_bytes, n, k, compact, out,
-                                                                           out_row_bytes, out_indices_offset, chunk_starts);
+  expand_sparse_kernel<T, V><<<grid_for(rows * k), kThreads, 0, stream>>>(
+      gathered, rows, row_bytes, n, k, compact, out, out_row_bytes, out_indices_offset, chunk_starts);
   check_launch("expand_sparse");
 }
 
-#define EFCOMM_INSTANTIATE(T, V)                                                                                \
-  template void pack_sparse<T, V>(const T*, T*, const int32_t*, int64_t, int64_t, DecodeRule, bool, uint8_t*,   \
-                                  cudaStream_t);                                                                \
+#define EFCOMM_INSTANTIATE(T, V)                                                                                 \
+  template void pack_sparse<T, V>(const T*, T*, const int32_t*, int64_t, int64_t, DecodeRule, bool, uint8_t*,    \
+                                  cudaStream_t);                                                                 \
   template void expand_sparse<T, V>(const uint8_t*, int64_t, int64_t, int64_t, int64_t, bool, uint8_t*, int64_t, \
                                     int64_t, int64_t*, cudaStream_t);
 
 // Every pair, as the op layer's dispatch names them; the checks let through V = T, or V narrower
 // than a float T.
-#define EFCOMM_INSTANTIATE_FOR(T)         \
-  EFCOMM_INSTANTIATE(T, float)            \
-  EFCOMM_INSTANTIATE(T, __nv_bfloat16)    \
+#define EFCOMM_INSTANTIATE_FOR(T)      \
+  EFCOMM_INSTANTIATE(T, float)         \
+  EFCOMM_INSTANTIATE(T, __nv_bfloat16) \
   EFCOMM_INSTANTIATE(T, __half)
 
 EFCOMM_INSTANTIATE_FOR(float)

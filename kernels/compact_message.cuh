@@ -19,14 +19,13 @@ namespace efcomm::kernels {
 // as sent). compact: offset t = i mod 65536 and each chunk's count (integer atomics: the counts
 // do not depend on the order); else index t = i. `message` is zeroed, of the layout's nbytes.
 template <typename T, typename V>
-void pack_sparse(const T* a,                 // [n]
-                 T* b,                       // [n], updated in place, or null
-                 const int32_t* indices,     // [k] ascending, in [0, n)
-                 int64_t n,
-                 int64_t k,
-                 DecodeRule own,             // own_message_rule(scale)
+void pack_sparse(const T* a,              // [n]
+                 T* b,                    // [n], updated in place, or null
+                 const int32_t* indices,  // [k] ascending, in [0, n)
+                 int64_t n, int64_t k,
+                 DecodeRule own,  // own_message_rule(scale)
                  bool compact,
-                 uint8_t* message,           // [nbytes] zeroed
+                 uint8_t* message,  // [nbytes] zeroed
                  cudaStream_t stream);
 
 // The sparse layout of T values (values at byte 0, int32 indices at out_indices_offset, rows of
@@ -36,15 +35,10 @@ void pack_sparse(const T* a,                 // [n]
 // [rows * (chunks + 1)] of workspace.
 template <typename T, typename V>
 void expand_sparse(const uint8_t* gathered,  // [rows, row_bytes]
-                   int64_t rows,
-                   int64_t row_bytes,
-                   int64_t n,
-                   int64_t k,
-                   bool compact,
-                   uint8_t* out,             // [rows, out_row_bytes]
-                   int64_t out_row_bytes,
-                   int64_t out_indices_offset,
-                   int64_t* chunk_starts,    // [rows * (chunks + 1)]
+                   int64_t rows, int64_t row_bytes, int64_t n, int64_t k, bool compact,
+                   uint8_t* out,  // [rows, out_row_bytes]
+                   int64_t out_row_bytes, int64_t out_indices_offset,
+                   int64_t* chunk_starts,  // [rows * (chunks + 1)]
                    cudaStream_t stream);
 
 }  // namespace efcomm::kernels

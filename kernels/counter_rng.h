@@ -51,8 +51,8 @@ EFCOMM_HD Block philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3
 
 // The four draws of elements 4q .. 4q + 3.
 EFCOMM_HD Block draws4(uint64_t seed, uint64_t stream, uint64_t q) {
-  return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32),
-                       static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32), seed);
+  return philox4x32_10(static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), static_cast<uint32_t>(stream),
+                       static_cast<uint32_t>(stream >> 32), seed);
 }
 
 EFCOMM_HD uint32_t draw(uint64_t seed, uint64_t stream, uint64_t e) {

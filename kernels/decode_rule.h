@@ -44,7 +44,9 @@ EFCOMM_HD DecodeRule decode_rule(const float* weights, int64_t rows, double scal
 }
 
 // The rule for an encoder's own message (its state update).
-EFCOMM_HD DecodeRule own_message_rule(double scale) { return decode_rule(nullptr, 1, scale); }
+EFCOMM_HD DecodeRule own_message_rule(double scale) {
+  return decode_rule(nullptr, 1, scale);
+}
 
 template <typename T>
 EFCOMM_HD T add_decoded(T h, float c) {

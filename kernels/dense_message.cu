@@ -34,8 +34,8 @@ void values_decode_add(T* h, const int32_t* indices, int64_t count, const uint8_
                    "values_decode_add");
 }
 
-#define EFCOMM_INSTANTIATE(T)                                                                                     \
-  template void dense_encode<T>(const T*, const T*, T*, int64_t, const float*, DecodeRule, T*, cudaStream_t);     \
+#define EFCOMM_INSTANTIATE(T)                                                                                   \
+  template void dense_encode<T>(const T*, const T*, T*, int64_t, const float*, DecodeRule, T*, cudaStream_t);   \
   template void values_decode_add<T>(T*, const int32_t*, int64_t, const uint8_t*, int64_t, int64_t, DecodeRule, \
                                      cudaStream_t);
 

@@ -16,13 +16,13 @@ namespace efcomm::kernels {
 // given: a device float, Clip21's) or d; msg_values[i] = c (NaN canonical); with update,
 // update[i] += own.single(c) (update may alias sub: read before written, entry by entry).
 template <typename T>
-void dense_encode(const T* a,            // [n]
-                  const T* sub,          // [n] or null
-                  T* update,             // [n], updated in place, or null
+void dense_encode(const T* a,    // [n]
+                  const T* sub,  // [n] or null
+                  T* update,     // [n], updated in place, or null
                   int64_t n,
-                  const float* factor,   // [1] on the device, or null
-                  DecodeRule own,        // own_message_rule(scale)
-                  T* msg_values,         // [n]
+                  const float* factor,  // [1] on the device, or null
+                  DecodeRule own,       // own_message_rule(scale)
+                  T* msg_values,        // [n]
                   cudaStream_t stream);
 
 // The decode rule (kernels/decode_rule.h) over `rows` gathered rows of `count` values at the same
@@ -30,13 +30,10 @@ void dense_encode(const T* a,            // [n]
 // shared indices (value t belongs to entry indices[t]). Row j's value t is at byte
 // j * row_bytes + t * sizeof(T).
 template <typename T>
-void values_decode_add(T* h,                     // [n], updated in place
-                       const int32_t* indices,   // [count] distinct, or null
+void values_decode_add(T* h,                    // [n], updated in place
+                       const int32_t* indices,  // [count] distinct, or null
                        int64_t count,
                        const uint8_t* gathered,  // [rows, row_bytes]
-                       int64_t rows,
-                       int64_t row_bytes,
-                       DecodeRule rule,
-                       cudaStream_t stream);
+                       int64_t rows, int64_t row_bytes, DecodeRule rule, cudaStream_t stream);
 
 }  // namespace efcomm::kernels

@@ -36,7 +36,9 @@ enum class Statistic { kSumOfSquares, kSumOfMagnitudes, kMaxMagnitude, kMaxExpon
 enum class Rounding { kStochastic, kNearest, kEither };
 
 constexpr int kLanes = 32;
-EFCOMM_HD int lane_of(int64_t e) { return static_cast<int>((e / 4) % kLanes); }
+EFCOMM_HD int lane_of(int64_t e) {
+  return static_cast<int>((e / 4) % kLanes);
+}
 
 // max that keeps NaN (a NaN anywhere makes the block's max NaN).
 EFCOMM_HD float nan_max(float a, float b) {

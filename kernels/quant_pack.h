@@ -13,11 +13,17 @@
 
 namespace efcomm::quant {
 
-EFCOMM_HD int first_lane(int word, int bits) { return 32 * word / (4 * bits); }
-EFCOMM_HD int last_lane(int word, int bits) { return (32 * word + 31) / (4 * bits); }
+EFCOMM_HD int first_lane(int word, int bits) {
+  return 32 * word / (4 * bits);
+}
+EFCOMM_HD int last_lane(int word, int bits) {
+  return (32 * word + 31) / (4 * bits);
+}
 
 // How many lanes a word may draw on, at most (the loop bound of the warp's gather).
-EFCOMM_HD int lanes_per_word(int bits) { return (32 + 4 * bits - 1) / (4 * bits) + 1; }
+EFCOMM_HD int lanes_per_word(int bits) {
+  return (32 + 4 * bits - 1) / (4 * bits) + 1;
+}
 
 // Lane l's group, placed in word w (the bits of it that fall there).
 EFCOMM_HD uint32_t word_part(uint32_t group, int l, int word, int bits) {
@@ -35,6 +41,8 @@ EFCOMM_HD uint32_t read_group(const uint32_t* words, int64_t bit, int bits) {
 }
 
 // Code q of a group.
-EFCOMM_HD uint32_t code_of(uint32_t group, int q, int bits) { return (group >> (q * bits)) & ((1u << bits) - 1u); }
+EFCOMM_HD uint32_t code_of(uint32_t group, int q, int bits) {
+  return (group >> (q * bits)) & ((1u << bits) - 1u);
+}
 
 }  // namespace efcomm::quant

@@ -14,12 +14,12 @@
 #include "kernels/quant/qsgd.h"
 #include "kernels/quant/sign.h"
 
-#define EFCOMM_QUANT_SCHEMES(X) \
-  X(::efcomm::quant::QsgdCodec) \
+#define EFCOMM_QUANT_SCHEMES(X)    \
+  X(::efcomm::quant::QsgdCodec)    \
   X(::efcomm::quant::NaturalCodec) \
-  X(::efcomm::quant::SignCodec) \
-  X(::efcomm::quant::Int8Codec) \
-  X(::efcomm::quant::Fp8Codec) \
+  X(::efcomm::quant::SignCodec)    \
+  X(::efcomm::quant::Int8Codec)    \
+  X(::efcomm::quant::Fp8Codec)     \
   X(::efcomm::quant::Int4Codec)
 
 namespace efcomm::quant {
@@ -41,7 +41,7 @@ bool with_codec(int32_t id, Fn&& fn) {
 // The id of the scheme called `name`, or -1.
 inline int32_t scheme_id(const std::string& name) {
   int32_t id = 0;
-#define EFCOMM_FIND_SCHEME(Codec)        \
+#define EFCOMM_FIND_SCHEME(Codec)      \
   if (name == Codec::kName) return id; \
   ++id;
   EFCOMM_QUANT_SCHEMES(EFCOMM_FIND_SCHEME)
@@ -52,9 +52,9 @@ inline int32_t scheme_id(const std::string& name) {
 // "'qsgd', 'natural', ...": the names, for error messages.
 inline std::string scheme_names() {
   std::string names;
-#define EFCOMM_NAME_SCHEME(Codec)        \
+#define EFCOMM_NAME_SCHEME(Codec)       \
   names += names.empty() ? "'" : ", '"; \
-  names += Codec::kName;                 \
+  names += Codec::kName;                \
   names += "'";
   EFCOMM_QUANT_SCHEMES(EFCOMM_NAME_SCHEME)
 #undef EFCOMM_NAME_SCHEME

@@ -59,10 +59,9 @@ __device__ __forceinline__ uint32_t pack_word(uint32_t group, int lane, int bits
 }
 
 template <typename T, typename Codec>
-__global__ void __launch_bounds__(kThreads) quantize_kernel(const T* __restrict__ x, T* state, wire::QuantLayout layout,
-                                                            int32_t levels, bool stochastic, uint64_t seed,
-                                                            uint64_t stream_id, DecodeRule own, bool vectors,
-                                                            uint8_t* __restrict__ message) {
+__global__ void __launch_bounds__(kThreads)
+    quantize_kernel(const T* __restrict__ x, T* state, wire::QuantLayout layout, int32_t levels, bool stochastic,
+                    uint64_t seed, uint64_t stream_id, DecodeRule own, bool vectors, uint8_t* __restrict__ message) {
   constexpr quant::Statistic S = Codec::kStatistic;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int bits = static_cast<int>(layout.bits);
@@ -115,9 +114,9 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(const T* __restrict_
 }
 
 template <typename T, typename Codec>
-__global__ void __launch_bounds__(kThreads) quant_decode_kernel(T* h, const uint8_t* __restrict__ gathered,
-                                                                int64_t rows, wire::QuantLayout layout, int32_t levels,
-                                                                DecodeRule rule, bool vectors) {
+__global__ void __launch_bounds__(kThreads)
+    quant_decode_kernel(T* h, const uint8_t* __restrict__ gathered, int64_t rows, wire::QuantLayout layout,
+                        int32_t levels, DecodeRule rule, bool vectors) {
   const int bits = static_cast<int>(layout.bits);
   const int64_t groups = (layout.numel + 3) / 4;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; g < groups;
@@ -130,8 +129,7 @@ __global__ void __launch_bounds__(kThreads) quant_decode_kernel(T* h, const uint
     for (int64_t j = 0; j < rows; ++j) {  // rank order: the same sums on every rank
       const uint8_t* row = gathered + j * layout.nbytes;
       const uint32_t header = wire::read_header(row, block);
-      const uint32_t group =
-          quant::read_group(reinterpret_cast<const uint32_t*>(row + layout.codes_offset), bit, bits);
+      const uint32_t group = quant::read_group(reinterpret_cast<const uint32_t*>(row + layout.codes_offset), bit, bits);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         if (q < count) acc[q] = rule.add(acc[q], j, Codec::decode(header, quant::code_of(group, q, bits), levels));
@@ -162,8 +160,8 @@ void quantize(const T* x, T* state, const wire::QuantLayout& layout, int32_t lev
   check_bits(layout);
   const bool vectors = quad_aligned(x) && (state == nullptr || quad_aligned(state));
   const unsigned int grid = resident_grid((layout.nblocks + kWarpsPerCta - 1) / kWarpsPerCta);
-  quantize_kernel<T, Codec><<<grid, kThreads, 0, stream>>>(x, state, layout, levels, stochastic, seed, stream_id, own,
-                                                           vectors, message);
+  quantize_kernel<T, Codec>
+      <<<grid, kThreads, 0, stream>>>(x, state, layout, levels, stochastic, seed, stream_id, own, vectors, message);
   check_launch("quantize");
 }
 
@@ -173,15 +171,16 @@ void quant_decode_add(T* h, const uint8_t* gathered, int64_t rows, const wire::Q
   check_bits(layout);
   const int64_t groups = (layout.numel + 3) / 4;
   const unsigned int grid = resident_grid((groups + kThreads - 1) / kThreads);
-  quant_decode_kernel<T, Codec><<<grid, kThreads, 0, stream>>>(h, gathered, rows, layout, levels, rule, quad_aligned(h));
+  quant_decode_kernel<T, Codec>
+      <<<grid, kThreads, 0, stream>>>(h, gathered, rows, layout, levels, rule, quad_aligned(h));
   check_launch("quant_decode_add");
 }
 
-#define EFCOMM_INSTANTIATE(T, Codec)                                                                         \
-  template void quantize<T, Codec>(const T*, T*, const wire::QuantLayout&, int32_t, bool, uint64_t, uint64_t, \
-                                   DecodeRule, uint8_t*, cudaStream_t);                                       \
-  template void quant_decode_add<T, Codec>(T*, const uint8_t*, int64_t, const wire::QuantLayout&, int32_t,    \
-                                           DecodeRule, cudaStream_t);
+#define EFCOMM_INSTANTIATE(T, Codec)                                                                                   \
+  template void quantize<T, Codec>(const T*, T*, const wire::QuantLayout&, int32_t, bool, uint64_t, uint64_t,          \
+                                   DecodeRule, uint8_t*, cudaStream_t);                                                \
+  template void quant_decode_add<T, Codec>(T*, const uint8_t*, int64_t, const wire::QuantLayout&, int32_t, DecodeRule, \
+                                           cudaStream_t);
 #define EFCOMM_INSTANTIATE_SCHEME(Codec) \
   EFCOMM_INSTANTIATE(float, Codec)       \
   EFCOMM_INSTANTIATE(__half, Codec)      \

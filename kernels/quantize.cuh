@@ -20,12 +20,11 @@ namespace efcomm::kernels {
 // in the canonical lane order (lane l holds entries 4l..4l+3 of every 128), then the codes, packed
 // into words in registers (warp shuffles). Requires layout.bits <= 8.
 template <typename T, typename Codec>
-void quantize(const T* x,                     // [numel]
-              T* state,                       // [numel], updated in place, or null
-              const wire::QuantLayout& layout,
-              int32_t levels, bool stochastic, uint64_t seed, uint64_t stream_id,
-              DecodeRule own,                 // own_message_rule(scale)
-              uint8_t* message,               // [layout.nbytes]
+void quantize(const T* x,  // [numel]
+              T* state,    // [numel], updated in place, or null
+              const wire::QuantLayout& layout, int32_t levels, bool stochastic, uint64_t seed, uint64_t stream_id,
+              DecodeRule own,    // own_message_rule(scale)
+              uint8_t* message,  // [layout.nbytes]
               cudaStream_t stream);
 
 // The decode rule (kernels/decode_rule.h) over `rows` gathered messages, each entry's value
@@ -35,10 +34,7 @@ void quantize(const T* x,                     // [numel]
 template <typename T, typename Codec>
 void quant_decode_add(T* h,                     // [layout.numel], updated in place
                       const uint8_t* gathered,  // [rows, layout.nbytes]
-                      int64_t rows,
-                      const wire::QuantLayout& layout,
-                      int32_t levels,
-                      DecodeRule rule,
+                      int64_t rows, const wire::QuantLayout& layout, int32_t levels, DecodeRule rule,
                       cudaStream_t stream);
 
 }  // namespace efcomm::kernels

@@ -21,7 +21,9 @@ __global__ void window_kernel(int64_t offset, int64_t n, int64_t k, bool ascendi
   }
 }
 
-size_t keys_bytes(int64_t k) { return (static_cast<size_t>(k) * sizeof(uint32_t) + 255) / 256 * 256; }
+size_t keys_bytes(int64_t k) {
+  return (static_cast<size_t>(k) * sizeof(uint32_t) + 255) / 256 * 256;
+}
 
 size_t sort_bytes(int64_t k) {
   size_t bytes = 0;
@@ -33,7 +35,9 @@ size_t sort_bytes(int64_t k) {
 
 }  // namespace
 
-size_t randk_uniform_workspace(int64_t k) { return keys_bytes(k) + sort_bytes(k); }
+size_t randk_uniform_workspace(int64_t k) {
+  return keys_bytes(k) + sort_bytes(k);
+}
 
 void randk_uniform_indices(const randk::Permutation& pi, int64_t k, int32_t* out, void* workspace,
                            size_t workspace_bytes, cudaStream_t stream) {

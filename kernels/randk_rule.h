@@ -85,6 +85,8 @@ EFCOMM_HD Permutation permutation(uint64_t seed, uint64_t stream, int64_t n) {
 }
 
 // Bits of the values pi takes (for a radix sort of them).
-EFCOMM_HD int permutation_bits(const Permutation& p) { return 2 * p.half_bits; }
+EFCOMM_HD int permutation_bits(const Permutation& p) {
+  return 2 * p.half_bits;
+}
 
 }  // namespace efcomm::randk

@@ -21,15 +21,18 @@ __global__ void gather_message_kernel(const T* a, T* b, const int32_t* __restric
 
 constexpr int kDecodeTile = 4096;  // h entries per block: 16 KiB of fp32 sums, 48 KiB with the marks
 
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
 
 // offsets[j * (tiles + 1) + t] = the first position p of rank j's indices with
 // idx[p] >= t * kDecodeTile (p = k when none): thread (j, p) writes the tiles that begin
 // between idx[p - 1] and idx[p]. Out-of-range indices are clamped to the first or last tile.
 __global__ void decode_offsets_kernel(const uint8_t* __restrict__ gathered, int64_t rows, int64_t row_bytes,
-                                      int64_t indices_offset, int64_t k, int64_t tiles,
-                                      int32_t* __restrict__ offsets) {
+                                      int64_t indices_offset, int64_t k, int64_t tiles, int32_t* __restrict__ offsets) {
   const int64_t per_rank = k + 1;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < rows * per_rank;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -50,11 +53,10 @@ __global__ void decode_offsets_kernel(const uint8_t* __restrict__ gathered, int6
 // and no thread writes a mark that another reads without a barrier between. Work per tile: the
 // entries the messages carry there, not the tile's size.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) tile_decode_kernel(T* __restrict__ h, int64_t n,
-                                                               const uint8_t* __restrict__ gathered, int64_t rows,
-                                                               int64_t row_bytes, int64_t indices_offset, int64_t k,
-                                                               DecodeRule rule, const int32_t* __restrict__ offsets,
-                                                               int64_t tiles) {
+__global__ void __launch_bounds__(kThreads)
+    tile_decode_kernel(T* __restrict__ h, int64_t n, const uint8_t* __restrict__ gathered, int64_t rows,
+                       int64_t row_bytes, int64_t indices_offset, int64_t k, DecodeRule rule,
+                       const int32_t* __restrict__ offsets, int64_t tiles) {
   __shared__ float acc[kDecodeTile];
   __shared__ int32_t stamp[kDecodeTile];  // the last tile that carried the entry
   __shared__ int32_t owner[kDecodeTile];  // the first rank that carried it there
@@ -117,9 +119,13 @@ void gather_message(const T* a, T* b, const int32_t* indices, int64_t k, DecodeR
   check_launch("gather_message");
 }
 
-int64_t decode_tiles(int64_t n) { return (n + kDecodeTile - 1) / kDecodeTile; }
+int64_t decode_tiles(int64_t n) {
+  return (n + kDecodeTile - 1) / kDecodeTile;
+}
 
-int64_t decode_workspace_ints(int64_t rows, int64_t n) { return rows * (decode_tiles(n) + 1); }
+int64_t decode_workspace_ints(int64_t rows, int64_t n) {
+  return rows * (decode_tiles(n) + 1);
+}
 
 template <typename T>
 void sparse_decode_add(T* h, int64_t n, const uint8_t* gathered, int64_t rows, int64_t row_bytes,
@@ -129,18 +135,18 @@ void sparse_decode_add(T* h, int64_t n, const uint8_t* gathered, int64_t rows, i
   // Zeroed first: a malformed message (indices out of order) leaves offsets unwritten.
   check_cuda(cudaMemsetAsync(workspace, 0, decode_workspace_ints(rows, n) * sizeof(int32_t), stream),
              "cudaMemsetAsync (decode offsets)");
-  decode_offsets_kernel<<<grid_for(rows * (k + 1)), kThreads, 0, stream>>>(gathered, rows, row_bytes, indices_offset,
-                                                                           k, tiles, workspace);
+  decode_offsets_kernel<<<grid_for(rows * (k + 1)), kThreads, 0, stream>>>(gathered, rows, row_bytes, indices_offset, k,
+                                                                           tiles, workspace);
   check_launch("decode_offsets");
   // 48 KiB of static shared memory per block: 4 blocks fit on an H100/H200 multiprocessor.
-  tile_decode_kernel<T><<<resident_grid(tiles, 4), kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes, indices_offset, k, rule,
-                                                         workspace, tiles);
+  tile_decode_kernel<T><<<resident_grid(tiles, 4), kThreads, 0, stream>>>(h, n, gathered, rows, row_bytes,
+                                                                          indices_offset, k, rule, workspace, tiles);
   check_launch("tile_decode");
 }
 
-#define EFCOMM_INSTANTIATE(T)                                                                                   \
+#define EFCOMM_INSTANTIATE(T)                                                                                     \
   template void gather_message<T>(const T*, T*, const int32_t*, int64_t, DecodeRule, T*, int32_t*, cudaStream_t); \
-  template void sparse_decode_add<T>(T*, int64_t, const uint8_t*, int64_t, int64_t, int64_t, int64_t, DecodeRule,  \
+  template void sparse_decode_add<T>(T*, int64_t, const uint8_t*, int64_t, int64_t, int64_t, int64_t, DecodeRule, \
                                      int32_t*, cudaStream_t);
 
 EFCOMM_INSTANTIATE(float)

@@ -17,13 +17,13 @@ namespace efcomm::kernels {
 // given) or a[i]: msg_values[t] = v (NaN canonical); msg_indices[t] = i unless msg_indices is
 // null; with b, b[i] += own.single(v) (kernels/decode_rule.h). The indices must be distinct.
 template <typename T>
-void gather_message(const T* a,               // [n]
-                    T* b,                     // [n], updated in place, or null
-                    const int32_t* indices,   // [k] distinct, in [0, n)
+void gather_message(const T* a,              // [n]
+                    T* b,                    // [n], updated in place, or null
+                    const int32_t* indices,  // [k] distinct, in [0, n)
                     int64_t k,
-                    DecodeRule own,           // own_message_rule(scale)
-                    T* msg_values,            // [k]
-                    int32_t* msg_indices,     // [k] or null
+                    DecodeRule own,        // own_message_rule(scale)
+                    T* msg_values,         // [k]
+                    int32_t* msg_indices,  // [k] or null
                     cudaStream_t stream);
 
 // The decode rule (kernels/decode_rule.h) over `rows` gathered sparse messages of k entries
@@ -33,21 +33,18 @@ void gather_message(const T* a,               // [n]
 // pass over the indices finds where each rank's entries of each tile begin (offsets, int32
 // [rows, tiles + 1], from decode_workspace_ints), and a block per tile (persistent blocks) sums
 // its ranks in rank order in shared memory, with work in proportion to the entries the messages
-// carry there. It reads each message once and updates h once, only where a message names it. Entries outside [0, n) are skipped; a message whose indices are not ascending is decoded
-// partially (the CPU reference raises on both).
+// carry there. It reads each message once and updates h once, only where a message names it. Entries outside [0, n) are
+// skipped; a message whose indices are not ascending is decoded partially (the CPU reference raises on both).
 int64_t decode_tiles(int64_t n);
 int64_t decode_workspace_ints(int64_t rows, int64_t n);
 
 template <typename T>
-void sparse_decode_add(T* h,                     // [n], updated in place
+void sparse_decode_add(T* h,  // [n], updated in place
                        int64_t n,
                        const uint8_t* gathered,  // [rows, row_bytes]
-                       int64_t rows,
-                       int64_t row_bytes,
-                       int64_t indices_offset,
-                       int64_t k,
-                       DecodeRule rule,          // its weights on the device, or null
-                       int32_t* workspace,       // [decode_workspace_ints(rows, n)]
+                       int64_t rows, int64_t row_bytes, int64_t indices_offset, int64_t k,
+                       DecodeRule rule,     // its weights on the device, or null
+                       int32_t* workspace,  // [decode_workspace_ints(rows, n)]
                        cudaStream_t stream);
 
 }  // namespace efcomm::kernels

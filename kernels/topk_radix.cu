@@ -40,14 +40,16 @@ struct Control {
 
 struct Workspace {
   Control* control;
-  uint32_t* hist;      // [kBins], zero between passes
-  uint2* candidates;   // [cap] (index, key), in index order
+  uint32_t* hist;     // [kBins], zero between passes
+  uint2* candidates;  // [cap] (index, key), in index order
   int64_t cap;
   int num_tiles;       // tiles of the input
   TileState order[3];  // the ordered writes of the hinted pass, of pass 1, of the final pass
 };
 
-size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+size_t align_up(size_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
 
 struct Layout {
   int num_tiles;
@@ -233,8 +235,8 @@ __global__ void init_kernel(Workspace ws, int64_t k) {
 // The entries that reach tau (hint[0]) in index order, the first cap of them kept; the block of
 // the last tile decides from the total whether they hold the Top-k.
 template <typename T>
-__global__ void __launch_bounds__(kBlock) hinted_kernel(TopkSource<T> src, int64_t n, int64_t k, Workspace ws,
-                                                        const float* hint, bool vectors) {
+__global__ void __launch_bounds__(kBlock)
+    hinted_kernel(TopkSource<T> src, int64_t n, int64_t k, Workspace ws, const float* hint, bool vectors) {
   __shared__ OrderedScratch scratch;
   __shared__ uint32_t slot;
   Control& ctl = *ws.control;
@@ -276,8 +278,8 @@ __global__ void __launch_bounds__(kBlock) hinted_kernel(TopkSource<T> src, int64
 // filter of the pass before), in pass 1 over the input also the ordered write of the entries at
 // or above pass 0's bin; the last block chooses the bin of the k-th and advances the state.
 template <typename T>
-__global__ void __launch_bounds__(kBlock, 3) pass_kernel(TopkSource<T> src, int64_t n, Workspace ws, int pass,
-                                                      bool vectors) {
+__global__ void __launch_bounds__(kBlock, 3)
+    pass_kernel(TopkSource<T> src, int64_t n, Workspace ws, int pass, bool vectors) {
   __shared__ uint32_t hist[rule::kBins];
   __shared__ union {
     OrderedScratch ordered;
@@ -309,7 +311,8 @@ __global__ void __launch_bounds__(kBlock, 3) pass_kernel(TopkSource<T> src, int6
       uint64_t position = ordered_prefix(ws.order[1], scratch.ordered, tile, mine, total);
 #pragma unroll
       for (int q = 0; q < kItems; ++q) {
-        if (q < count && plan.top(key[q], s.decided) >= s.prefix) ws.candidates[position++] = make_uint2(index[q], key[q]);
+        if (q < count && plan.top(key[q], s.decided) >= s.prefix)
+          ws.candidates[position++] = make_uint2(index[q], key[q]);
       }
     }
   }
@@ -322,7 +325,8 @@ __global__ void __launch_bounds__(kBlock, 3) pass_kernel(TopkSource<T> src, int6
   // The last block: bins from the top, kBinsPerThread consecutive ones per thread.
   uint32_t counts[kBinsPerThread], above[kBinsPerThread];
 #pragma unroll
-  for (int j = 0; j < kBinsPerThread; ++j) counts[j] = __ldcg(&ws.hist[rule::kBins - 1 - (threadIdx.x * kBinsPerThread + j)]);
+  for (int j = 0; j < kBinsPerThread; ++j)
+    counts[j] = __ldcg(&ws.hist[rule::kBins - 1 - (threadIdx.x * kBinsPerThread + j)]);
   BinScan(scratch.bins).ExclusiveSum(counts, above);
   if (threadIdx.x == 0) found[0] = found[1] = found[2] = 0;
   __syncthreads();
@@ -346,8 +350,8 @@ __global__ void __launch_bounds__(kBlock, 3) pass_kernel(TopkSource<T> src, int6
 
 // The k selected indices in index order; with a hint, the next hint from the least key taken.
 template <typename T>
-__global__ void __launch_bounds__(kBlock, 3) final_kernel(TopkSource<T> src, int64_t n, Workspace ws, float* hint,
-                                                       bool vectors, int32_t* __restrict__ out) {
+__global__ void __launch_bounds__(kBlock, 3)
+    final_kernel(TopkSource<T> src, int64_t n, Workspace ws, float* hint, bool vectors, int32_t* __restrict__ out) {
   __shared__ OrderedScratch scratch;
   __shared__ uint32_t slot, last, warp_min[kBlock / 32];
   Control& ctl = *ws.control;
@@ -431,8 +435,8 @@ void topk_radix_select(TopkSource<T> src, int64_t n, int64_t k, float* hint, voi
   check_launch("topk radix final");
 }
 
-#define EFCOMM_INSTANTIATE(T)                                      \
-  template size_t topk_radix_workspace<T>(int64_t, int64_t);       \
+#define EFCOMM_INSTANTIATE(T)                                \
+  template size_t topk_radix_workspace<T>(int64_t, int64_t); \
   template void topk_radix_select<T>(TopkSource<T>, int64_t, int64_t, float*, void*, size_t, int32_t*, cudaStream_t);
 
 EFCOMM_INSTANTIATE(float)

@@ -39,13 +39,11 @@ size_t topk_radix_workspace(int64_t n, int64_t k);
 // kernels/topk_hint.h): reads tau = hint[0], writes the next hint and whether this call fell
 // back. Requires 1 <= k <= n < 2^31.
 template <typename T>
-void topk_radix_select(TopkSource<T> src,
-                       int64_t n,
-                       int64_t k,
-                       float* hint,             // [2] or null
-                       void* workspace,         // [topk_radix_workspace<T>(n, k)] bytes
+void topk_radix_select(TopkSource<T> src, int64_t n, int64_t k,
+                       float* hint,      // [2] or null
+                       void* workspace,  // [topk_radix_workspace<T>(n, k)] bytes
                        size_t workspace_bytes,
-                       int32_t* out_indices,    // [k]
+                       int32_t* out_indices,  // [k]
                        cudaStream_t stream);
 
 }  // namespace efcomm::kernels

@@ -63,9 +63,7 @@ struct Plan {
   EFCOMM_HD int digit_bits(int p) const { return decided_after(p) - decided_after(p - 1); }
 
   // The top `decided` bits of key (0 when none are decided).
-  EFCOMM_HD uint32_t top(uint32_t key, int decided) const {
-    return decided == 0 ? 0u : key >> (key_bits - decided);
-  }
+  EFCOMM_HD uint32_t top(uint32_t key, int decided) const { return decided == 0 ? 0u : key >> (key_bits - decided); }
   EFCOMM_HD uint32_t digit(uint32_t key, int p) const {
     return top(key, decided_after(p)) & ((1u << digit_bits(p)) - 1u);
   }
@@ -85,9 +83,9 @@ struct State {
   uint32_t from_candidates;  // 1: the candidate buffer holds, in index order, every entry that
                              //    can be selected (`candidates` of them): read it, not the input
   uint32_t candidates;
-  uint32_t compact_next;     // 1: the next pass also writes the entries at or above the prefix
-                             //    (they fit the buffer) to the candidate buffer
-  uint32_t fell_back;        // 1: a hint was given and its candidates did not hold the Top-k
+  uint32_t compact_next;  // 1: the next pass also writes the entries at or above the prefix
+                          //    (they fit the buffer) to the candidate buffer
+  uint32_t fell_back;     // 1: a hint was given and its candidates did not hold the Top-k
 };
 
 EFCOMM_HD State initial_state(int64_t k) {
@@ -137,7 +135,9 @@ EFCOMM_HD uint32_t position(uint32_t above_before, uint32_t ties_before, uint32_
 }
 
 // The hinted path's candidates (kernels/topk_hint.h): NaN, or a magnitude of at least tau.
-EFCOMM_HD bool reaches_hint(float v, float tau) { return v != v || std::fabs(v) >= tau; }
+EFCOMM_HD bool reaches_hint(float v, float tau) {
+  return v != v || std::fabs(v) >= tau;
+}
 
 // Whether the candidates (count of them, at most cap kept) hold the Top-k.
 EFCOMM_HD bool hint_holds(uint32_t count, int64_t k, int64_t cap) {

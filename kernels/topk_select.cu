@@ -38,11 +38,27 @@ struct BoundedOutput {
   __host__ __device__ BoundedOutput operator+(difference_type i) const { return {out, cap, pos + i}; }
   __host__ __device__ BoundedOutput operator-(difference_type i) const { return {out, cap, pos - i}; }
   __host__ __device__ difference_type operator-(const BoundedOutput& other) const { return pos - other.pos; }
-  __host__ __device__ BoundedOutput& operator+=(difference_type i) { pos += i; return *this; }
-  __host__ __device__ BoundedOutput& operator-=(difference_type i) { pos -= i; return *this; }
-  __host__ __device__ BoundedOutput& operator++() { ++pos; return *this; }
-  __host__ __device__ BoundedOutput operator++(int) { BoundedOutput old = *this; ++pos; return old; }
-  __host__ __device__ BoundedOutput& operator--() { --pos; return *this; }
+  __host__ __device__ BoundedOutput& operator+=(difference_type i) {
+    pos += i;
+    return *this;
+  }
+  __host__ __device__ BoundedOutput& operator-=(difference_type i) {
+    pos -= i;
+    return *this;
+  }
+  __host__ __device__ BoundedOutput& operator++() {
+    ++pos;
+    return *this;
+  }
+  __host__ __device__ BoundedOutput operator++(int) {
+    BoundedOutput old = *this;
+    ++pos;
+    return old;
+  }
+  __host__ __device__ BoundedOutput& operator--() {
+    --pos;
+    return *this;
+  }
   __host__ __device__ bool operator==(const BoundedOutput& other) const { return pos == other.pos; }
   __host__ __device__ bool operator!=(const BoundedOutput& other) const { return pos != other.pos; }
 };
@@ -111,9 +127,7 @@ template <typename T>
 struct InOrAboveBin {
   TopkSource<T> src;
   const int64_t* info;
-  __device__ bool operator()(int64_t i) const {
-    return static_cast<int64_t>(bin_of<T>(key_at(src, i))) >= info[0];
-  }
+  __device__ bool operator()(int64_t i) const { return static_cast<int64_t>(bin_of<T>(key_at(src, i))) >= info[0]; }
 };
 
 template <typename T>
@@ -131,7 +145,10 @@ __global__ void threshold_kernel(const uint32_t* __restrict__ sorted_desc, int64
   int64_t lo = 0, hi = k - 1;  // the first position holding the threshold
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
-    if (sorted_desc[mid] > threshold) lo = mid + 1; else hi = mid;
+    if (sorted_desc[mid] > threshold)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   scalars[0] = threshold;
   scalars[1] = k - lo;
@@ -141,9 +158,7 @@ template <typename T>
 struct EqualsThreshold {
   TopkSource<T> src;
   const int64_t* scalars;
-  __device__ bool operator()(int64_t i) const {
-    return static_cast<int64_t>(key_at(src, i)) == scalars[0];
-  }
+  __device__ bool operator()(int64_t i) const { return static_cast<int64_t>(key_at(src, i)) == scalars[0]; }
 };
 
 // scalars[2] = the index of the last entry equal to T that is taken.
@@ -176,9 +191,13 @@ struct ReachesHint {
 template <typename T>
 __device__ float key_magnitude(uint32_t key);
 template <>
-__device__ float key_magnitude<float>(uint32_t key) { return key >= 0x7F800001u ? __int_as_float(0x7FC00000) : __uint_as_float(key); }
+__device__ float key_magnitude<float>(uint32_t key) {
+  return key >= 0x7F800001u ? __int_as_float(0x7FC00000) : __uint_as_float(key);
+}
 template <>
-__device__ float key_magnitude<__half>(uint32_t key) { return __half2float(__ushort_as_half(static_cast<unsigned short>(key))); }
+__device__ float key_magnitude<__half>(uint32_t key) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(key)));
+}
 template <>
 __device__ float key_magnitude<__nv_bfloat16>(uint32_t key) {
   return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(key)));
@@ -200,7 +219,9 @@ __global__ void narrow_indices_kernel(const int64_t* __restrict__ wide, int64_t 
   }
 }
 
-size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+size_t align_up(size_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
 
 // Temporary storage of cub::DeviceSelect::If over `items` entries of `in` into int64 indices.
 template <typename In, typename Predicate>
@@ -237,16 +258,15 @@ FinishLayout finish_layout(int64_t n, int64_t candidates) {
                                 select_bytes(given, candidates, Selected<T>{none, nullptr}),
                                 select_bytes(given, candidates, EqualsThreshold<T>{none, nullptr}), sort});
   layout.cub_temp = align_up(temp);
-  layout.total = static_cast<size_t>(layout.m) * (3 * sizeof(int64_t) + 2 * sizeof(uint32_t)) +
-                 32 * sizeof(int64_t) + layout.cub_temp;
+  layout.total = static_cast<size_t>(layout.m) * (3 * sizeof(int64_t) + 2 * sizeof(uint32_t)) + 32 * sizeof(int64_t) +
+                 layout.cub_temp;
   return layout;
 }
 
 }  // namespace
 
 template <typename T>
-void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int64_t* info,
-                    cudaStream_t stream) {
+void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int64_t* info, cudaStream_t stream) {
   check_cuda(cudaMemsetAsync(hist, 0, kTopkBins * sizeof(uint32_t), stream), "cudaMemsetAsync");
   histogram_kernel<T><<<grid_for(n), kThreads, 0, stream>>>(src, n, hist);
   check_launch("topk histogram");
@@ -260,9 +280,9 @@ size_t topk_finish_workspace(int64_t n, int64_t candidates) {
 }
 
 template <typename T>
-void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
-                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
-                 const int64_t* given_candidates, const int64_t* given_count, float* hint, bool fell_back) {
+void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates, void* workspace,
+                 size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream, const int64_t* given_candidates,
+                 const int64_t* given_count, float* hint, bool fell_back) {
   const FinishLayout layout = finish_layout<T>(n, candidates);
   if (workspace_bytes < layout.total) throw std::runtime_error("efcomm: topk_finish workspace too small");
   const int64_t m = layout.m;
@@ -291,17 +311,17 @@ void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, i
   candidate_keys_kernel<T><<<grid_for(candidates), kThreads, 0, stream>>>(src, cand_in, count, keys);
   check_launch("topk candidate keys");
   temp_bytes = layout.cub_temp;
-  check_cuda(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, candidates, 0,
-                                                      KeyBits<T>::bits, stream),
-             "cub::DeviceRadixSort::SortKeysDescending");
+  check_cuda(
+      cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, candidates, 0, KeyBits<T>::bits, stream),
+      "cub::DeviceRadixSort::SortKeysDescending");
   threshold_kernel<<<1, 1, 0, stream>>>(sorted, k, scalars);
   check_launch("topk threshold");
   // The candidates equal to the threshold, in index order; the first scalars[1] are taken.
   temp_bytes = layout.cub_temp;
-  check_cuda(cub::DeviceSelect::If(temp, temp_bytes, cand_in, equal, counts + 1,
-                                   static_cast<::cuda::std::int64_t>(candidates), EqualsThreshold<T>{src, scalars},
-                                   stream),
-             "cub::DeviceSelect::If (ties)");
+  check_cuda(
+      cub::DeviceSelect::If(temp, temp_bytes, cand_in, equal, counts + 1, static_cast<::cuda::std::int64_t>(candidates),
+                            EqualsThreshold<T>{src, scalars}, stream),
+      "cub::DeviceSelect::If (ties)");
   last_tie_kernel<<<1, 1, 0, stream>>>(equal, scalars);
   check_launch("topk last tie");
   temp_bytes = layout.cub_temp;
@@ -321,9 +341,10 @@ size_t topk_hinted_workspace(int64_t n, int64_t cap) {
   size_t bytes = 0;
   const thrust::counting_iterator<int64_t> first(0);
   const TopkSource<T> none{nullptr, nullptr};
-  check_cuda(cub::DeviceSelect::If(nullptr, bytes, first, BoundedOutput{nullptr, cap, 0}, static_cast<int64_t*>(nullptr),
-                                   static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{none, nullptr}),
-             "cub::DeviceSelect::If (size query)");
+  check_cuda(
+      cub::DeviceSelect::If(nullptr, bytes, first, BoundedOutput{nullptr, cap, 0}, static_cast<int64_t*>(nullptr),
+                            static_cast<::cuda::std::int64_t>(n), ReachesHint<T>{none, nullptr}),
+      "cub::DeviceSelect::If (size query)");
   return bytes;
 }
 
@@ -336,14 +357,14 @@ void topk_hinted_candidates(TopkSource<T> src, int64_t n, const float* hint, int
              "cub::DeviceSelect::If (hinted candidates)");
 }
 
-#define EFCOMM_INSTANTIATE(T)                                                                        \
-  template void topk_histogram<T>(TopkSource<T>, int64_t, int64_t, uint32_t*, int64_t*, cudaStream_t); \
-  template size_t topk_finish_workspace<T>(int64_t, int64_t);                                                  \
-  template void topk_finish<T>(TopkSource<T>, int64_t, int64_t, const int64_t*, int64_t, void*,      \
-                               size_t, int32_t*, cudaStream_t, const int64_t*, const int64_t*, float*, bool); \
-  template size_t topk_hinted_workspace<T>(int64_t, int64_t);                                          \
-  template void topk_hinted_candidates<T>(TopkSource<T>, int64_t, const float*, int64_t, void*, size_t, \
-                                          int64_t*, int64_t*, cudaStream_t);
+#define EFCOMM_INSTANTIATE(T)                                                                                     \
+  template void topk_histogram<T>(TopkSource<T>, int64_t, int64_t, uint32_t*, int64_t*, cudaStream_t);            \
+  template size_t topk_finish_workspace<T>(int64_t, int64_t);                                                     \
+  template void topk_finish<T>(TopkSource<T>, int64_t, int64_t, const int64_t*, int64_t, void*, size_t, int32_t*, \
+                               cudaStream_t, const int64_t*, const int64_t*, float*, bool);                       \
+  template size_t topk_hinted_workspace<T>(int64_t, int64_t);                                                     \
+  template void topk_hinted_candidates<T>(TopkSource<T>, int64_t, const float*, int64_t, void*, size_t, int64_t*, \
+                                          int64_t*, cudaStream_t);
 
 EFCOMM_INSTANTIATE(float)
 EFCOMM_INSTANTIATE(__half)

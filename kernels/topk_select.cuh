@@ -40,8 +40,7 @@ struct TopkSource {
 // hist: kTopkBins uint32 (zeroed here). info (device, 3 int64): the boundary bin, the
 // entries in higher bins, the entries in the boundary bin. Requires 1 <= k <= n.
 template <typename T>
-void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int64_t* info,
-                    cudaStream_t stream);
+void topk_histogram(TopkSource<T> src, int64_t n, int64_t k, uint32_t* hist, int64_t* info, cudaStream_t stream);
 
 // Bytes of workspace topk_finish needs for n entries of which `candidates` are candidates.
 template <typename T>
@@ -54,10 +53,10 @@ size_t topk_finish_workspace(int64_t n, int64_t candidates);
 // hint[0] = float32(kTopkHintMargin * |k-th largest|) when finite and positive, else 0;
 // hint[1] = fell_back (1 or 0).
 template <typename T>
-void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates,
-                 void* workspace, size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
-                 const int64_t* given_candidates = nullptr, const int64_t* given_count = nullptr,
-                 float* hint = nullptr, bool fell_back = false);
+void topk_finish(TopkSource<T> src, int64_t n, int64_t k, const int64_t* info, int64_t candidates, void* workspace,
+                 size_t workspace_bytes, int32_t* out_indices, cudaStream_t stream,
+                 const int64_t* given_candidates = nullptr, const int64_t* given_count = nullptr, float* hint = nullptr,
+                 bool fell_back = false);
 
 // The hinted path (threshold Top-k): one pass writes, in index order, the entries whose
 // magnitude reaches hint[0] (and NaNs), keeping the first cap of them, and counts them all

@@ -39,7 +39,9 @@
 
 namespace efcomm::wire {
 
-EFCOMM_HD constexpr int64_t align4(int64_t bytes) { return (bytes + 3) / 4 * 4; }
+EFCOMM_HD constexpr int64_t align4(int64_t bytes) {
+  return (bytes + 3) / 4 * 4;
+}
 
 struct SparseLayout {
   int64_t k;
@@ -92,8 +94,8 @@ struct QuantLayout {
 EFCOMM_HD constexpr QuantLayout quant_layout(int64_t numel, int64_t block, int64_t bits) {
   const int64_t nblocks = (numel + block - 1) / block;
   const int64_t words_per_block = block * bits / 32;
-  return QuantLayout{numel, block, nblocks, bits, words_per_block, 4 * nblocks,
-                     4 * nblocks + 4 * nblocks * words_per_block};
+  return QuantLayout{
+      numel, block, nblocks, bits, words_per_block, 4 * nblocks, 4 * nblocks + 4 * nblocks * words_per_block};
 }
 
 EFCOMM_HD uint32_t read_header(const uint8_t* message, int64_t b) {

@@ -14,7 +14,7 @@ struct Fp8Codec : CodecTraits<Statistic::kMaxMagnitude, Rounding::kEither> {
   EFCOMM_HD static uint32_t magnitude_code(float a, float u, bool stochastic) {
     if (a == 0.0f) return 0;
     int e = std::ilogb(a);
-    if (e < -6) e = -6;                                 // subnormal range: fixed spacing 2^-9
+    if (e < -6) e = -6;  // subnormal range: fixed spacing 2^-9
     const float ulp = std::ldexp(1.0f, e - 3);
     float m = round_magnitude(a / ulp, u, stochastic);  // a / ulp is exact (power of two)
     if (m >= 16.0f) {                                   // rounded up into the next binade

@@ -16,8 +16,10 @@ struct NaturalCodec : CodecTraits<Statistic::kMaxExponent, Rounding::kStochastic
 
   EFCOMM_HD static uint32_t header(float stat, int64_t) {
     int32_t base = 0;  // an all-zero block: any base, every code is 0
-    if (!std::isfinite(stat) && !(stat < 0.0f)) base = kNonFiniteBase;  // NaN or +inf
-    else if (std::isfinite(stat)) base = static_cast<int32_t>(stat) + 1;
+    if (!std::isfinite(stat) && !(stat < 0.0f))
+      base = kNonFiniteBase;  // NaN or +inf
+    else if (std::isfinite(stat))
+      base = static_cast<int32_t>(stat) + 1;
     return static_cast<uint32_t>(base);
   }
 

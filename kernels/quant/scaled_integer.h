@@ -9,12 +9,9 @@ namespace efcomm::quant {
 
 template <int kMaxCode, int kBits>
 struct ScaledIntegerCodec : CodecTraits<Statistic::kMaxMagnitude, Rounding::kEither> {
-
   EFCOMM_HD static int bits(int32_t) { return kBits; }
 
-  EFCOMM_HD static uint32_t header(float stat, int64_t) {
-    return float_field(stat / static_cast<float>(kMaxCode));
-  }
+  EFCOMM_HD static uint32_t header(float stat, int64_t) { return float_field(stat / static_cast<float>(kMaxCode)); }
 
   EFCOMM_HD static uint32_t encode(uint32_t header, float x, float u, bool stochastic, int32_t) {
     const float scale = float_of_field(header);

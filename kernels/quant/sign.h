@@ -11,13 +11,9 @@ struct SignCodec : CodecTraits<Statistic::kSumOfMagnitudes, Rounding::kNearest> 
 
   EFCOMM_HD static int bits(int32_t) { return 1; }
 
-  EFCOMM_HD static uint32_t header(float stat, int64_t len) {
-    return float_field(stat / static_cast<float>(len));
-  }
+  EFCOMM_HD static uint32_t header(float stat, int64_t len) { return float_field(stat / static_cast<float>(len)); }
 
-  EFCOMM_HD static uint32_t encode(uint32_t, float x, float, bool, int32_t) {
-    return std::signbit(x) ? 1u : 0u;
-  }
+  EFCOMM_HD static uint32_t encode(uint32_t, float x, float, bool, int32_t) { return std::signbit(x) ? 1u : 0u; }
 
   EFCOMM_HD static float decode(uint32_t header, uint32_t code, int32_t) {
     const float scale = float_of_field(header);

@@ -38,17 +38,21 @@ TEST(Checks, EncodeRejectsMismatchedState) {
   expect_error_naming([&] { topk_encode_cpu(a, torch::zeros({9}), 2); }, {"topk_encode_", "b", "[9]", "[8]"});
   expect_error_naming([&] { topk_encode_cpu(a, torch::zeros({8}, torch::kHalf), 2); }, {"b", "Half"});
   expect_error_naming([&] { topk_encode_cpu(a, torch::zeros({16}).slice(0, 0, 16, 2), 2); }, {"b", "contiguous"});
-  expect_error_naming([&] { dense_encode_cpu(a, torch::zeros({8}), std::nullopt, NAN); }, {"dense_encode_", "scale (nan)"});
+  expect_error_naming([&] { dense_encode_cpu(a, torch::zeros({8}), std::nullopt, NAN); },
+                      {"dense_encode_", "scale (nan)"});
   expect_error_naming([&] { randk_encode_cpu(a, std::nullopt, 2, 0, 0, 0, false, 1.0, -1); }, {"rank (-1)"});
 }
 
 TEST(Checks, DecodeRejectsWrongMessageSizeAndWeights) {
   at::Tensor h = torch::zeros({8});
-  expect_error_naming([&] { topk_decode_add_cpu(h, torch::zeros({2, 12}, torch::kByte), 2); }, {"gathered", "12", "16"});
+  expect_error_naming([&] { topk_decode_add_cpu(h, torch::zeros({2, 12}, torch::kByte), 2); },
+                      {"gathered", "12", "16"});
   expect_error_naming([&] { topk_decode_add_cpu(h, torch::zeros({2, 16}, torch::kFloat), 2); }, {"gathered", "uint8"});
   const at::Tensor rows = torch::zeros({2, 16}, torch::kByte);
-  expect_error_naming([&] { topk_decode_add_cpu(h, rows, 2, 1.0, torch::ones({3})); }, {"weights has 3 entries", "2 messages"});
-  expect_error_naming([&] { topk_decode_add_cpu(h, rows, 2, 1.0, torch::ones({2}, torch::kDouble)); }, {"weights", "Double"});
+  expect_error_naming([&] { topk_decode_add_cpu(h, rows, 2, 1.0, torch::ones({3})); },
+                      {"weights has 3 entries", "2 messages"});
+  expect_error_naming([&] { topk_decode_add_cpu(h, rows, 2, 1.0, torch::ones({2}, torch::kDouble)); },
+                      {"weights", "Double"});
   expect_error_naming([&] { topk_decode_add_cpu(h, rows, 2, 1.0, torch::tensor({1.0f, INFINITY})); },
                       {"weights holds a non-finite value (inf at 1)"});
 }

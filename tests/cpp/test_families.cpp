@@ -72,8 +72,8 @@ TEST(TopkEncodeCpu, SelectsTopkOfDifferenceAndUpdatesState) {
     EXPECT_TRUE(torch::equal(values, d.index_select(0, idx)));
 
     at::Tensor expected_h = h_before.clone();
-    expected_h.index_put_({idx}, (h_before.index_select(0, idx).to(at::kFloat) + d.index_select(0, idx).to(at::kFloat))
-                                     .to(dtype));
+    expected_h.index_put_(
+        {idx}, (h_before.index_select(0, idx).to(at::kFloat) + d.index_select(0, idx).to(at::kFloat)).to(dtype));
     EXPECT_TRUE(torch::equal(h_local, expected_h)) << dtype;
   }
 }
@@ -117,7 +117,8 @@ TEST(TopkDecodeCpu, AddsMeanOfMessagesInRankOrder) {
   at::Tensor g1 = torch::zeros({n});
   g1[3] = 6.0f;
   g1[9] = -8.0f;
-  const at::Tensor gathered = torch::stack({topk_encode_cpu(g0, std::nullopt, k), topk_encode_cpu(g1, std::nullopt, k)});
+  const at::Tensor gathered =
+      torch::stack({topk_encode_cpu(g0, std::nullopt, k), topk_encode_cpu(g1, std::nullopt, k)});
   at::Tensor h = torch::ones({n});
   topk_decode_add_cpu(h, gathered, k);
   at::Tensor expected = torch::ones({n});
@@ -153,8 +154,8 @@ TEST(DenseCpu, ClipsTheDifferenceAndDecodesTheMean) {
   const at::Tensor small = dense_encode_cpu(torch::tensor({0.25f, -0.5f}), h_small, 1.0);
   EXPECT_TRUE(torch::equal(small.view(at::kFloat), torch::tensor({0.25f, -0.5f})));
   at::Tensor h_lag = torch::tensor({0.0f, 1.0f});
-  EXPECT_TRUE(torch::equal(dense_encode_cpu(torch::tensor({1.0f, 1.0f}), h_lag).view(at::kFloat),
-                           torch::tensor({1.0f, 0.0f})));
+  EXPECT_TRUE(
+      torch::equal(dense_encode_cpu(torch::tensor({1.0f, 1.0f}), h_lag).view(at::kFloat), torch::tensor({1.0f, 0.0f})));
   EXPECT_TRUE(torch::equal(h_lag, torch::tensor({1.0f, 1.0f})));
 
   at::Tensor h = torch::ones({2});

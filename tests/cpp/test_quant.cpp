@@ -51,7 +51,8 @@ TEST(CounterRng, MatchesPyTorchsPhiloxEngine) {
     }
   }
   EXPECT_NE(rng::stream_id(0, 0, rng::kStochasticRounding, 0), rng::stream_id(0, 0, rng::kStochasticRounding, 1));
-  EXPECT_NE(rng::stream_id(0, 0, rng::kRandKIndices, rng::kSharedRank), rng::stream_id(1, 0, rng::kRandKIndices, rng::kSharedRank));
+  EXPECT_NE(rng::stream_id(0, 0, rng::kRandKIndices, rng::kSharedRank),
+            rng::stream_id(1, 0, rng::kRandKIndices, rng::kSharedRank));
   EXPECT_EQ(rng::to_unit_float(0u), 0.0f);
   EXPECT_LT(rng::to_unit_float(~0u), 1.0f);
 }
@@ -85,9 +86,9 @@ TEST(QuantCodec, BitsPerEntry) {
 TEST(QuantCodec, RegistryLooksUpEveryScheme) {
   int32_t id = 0;
   std::vector<std::string> names;
-#define EFCOMM_EXPECT_SCHEME(Codec)                         \
+#define EFCOMM_EXPECT_SCHEME(Codec)                              \
   EXPECT_EQ(quant::scheme_id(Codec::kName), id) << Codec::kName; \
-  names.push_back(Codec::kName);                             \
+  names.push_back(Codec::kName);                                 \
   ++id;
   EFCOMM_QUANT_SCHEMES(EFCOMM_EXPECT_SCHEME)
 #undef EFCOMM_EXPECT_SCHEME
@@ -104,7 +105,7 @@ TEST(QuantCodec, DecodesAnyHeaderBits) {
   EXPECT_EQ(quant::NaturalCodec::decode(0x80000001u, 0x81, 0), -0.0f);
   EXPECT_TRUE(std::isnan(quant::NaturalCodec::decode(0x80000000u, 0x01, 0)));
   EXPECT_EQ(quant::Int8Codec::decode(0x00000001u, 0x02, 0), 2 * 1.40129846e-45f);  // a subnormal scale
-  EXPECT_EQ(quant::Int4Codec::decode(float_field(0.5f), 0x9, 0), -3.5f);             // 4-bit -7
+  EXPECT_EQ(quant::Int4Codec::decode(float_field(0.5f), 0x9, 0), -3.5f);           // 4-bit -7
   EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), -3.4f, 0.0f, false, 0), 0x9u);
   EXPECT_EQ(quant::Int4Codec::encode(float_field(0.5f), 9.0f, 0.0f, false, 0), 0x7u);  // clamped to 7
 }
@@ -160,7 +161,8 @@ TEST(QuantOps, Int8RoundTripIsExactOnItsGrid) {
 }
 
 TEST(RandkRule, PermutationIsABijectionOfEverySize) {
-  for (const int64_t n : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{255}, int64_t{256}, int64_t{257}, int64_t{5000}}) {
+  for (const int64_t n :
+       {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{255}, int64_t{256}, int64_t{257}, int64_t{5000}}) {
     const randk::Permutation pi = randk::permutation(3, rng::randk_stream(1, 2, -1), n);
     std::vector<bool> seen(n, false);
     for (int64_t t = 0; t < n; ++t) {
@@ -214,7 +216,8 @@ TEST_P(QuantCudaTest, MatchesCpuBitForBit) {
       torch::manual_seed(numel);
       const at::Tensor x = torch::randn({numel}).to(dtype);
       const at::Tensor cpu = quant_encode_cpu(x, std::nullopt, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
-      const at::Tensor gpu = quant_encode_cuda(x.cuda(), std::nullopt, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
+      const at::Tensor gpu =
+          quant_encode_cuda(x.cuda(), std::nullopt, c.scheme, c.levels, 256, c.stochastic, 9, 1, 2, 3);
       ASSERT_TRUE(torch::equal(cpu, gpu.cpu())) << c.scheme << " numel " << numel;
       const at::Tensor gathered = torch::stack({cpu, cpu.flip(0)});
       at::Tensor h_cpu = torch::zeros({numel}, x.options());
@@ -227,16 +230,16 @@ TEST_P(QuantCudaTest, MatchesCpuBitForBit) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Schemes, QuantCudaTest,
-    ::testing::Values(QuantCase{"qsgd", 7, true}, QuantCase{"qsgd", 3, true}, QuantCase{"natural", 0, true},
-                      QuantCase{"sign", 0, false}, QuantCase{"int8", 0, false}, QuantCase{"int8", 0, true},
-                      QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true}, QuantCase{"int4", 0, false},
-                      QuantCase{"int4", 0, true}),
-    [](const ::testing::TestParamInfo<QuantCase>& info) {
-      return std::string(info.param.scheme) + "_" + std::to_string(info.param.levels) +
-             (info.param.stochastic ? "_stochastic" : "_nearest");
-    });
+INSTANTIATE_TEST_SUITE_P(Schemes, QuantCudaTest,
+                         ::testing::Values(QuantCase{"qsgd", 7, true}, QuantCase{"qsgd", 3, true},
+                                           QuantCase{"natural", 0, true}, QuantCase{"sign", 0, false},
+                                           QuantCase{"int8", 0, false}, QuantCase{"int8", 0, true},
+                                           QuantCase{"fp8", 0, false}, QuantCase{"fp8", 0, true},
+                                           QuantCase{"int4", 0, false}, QuantCase{"int4", 0, true}),
+                         [](const ::testing::TestParamInfo<QuantCase>& info) {
+                           return std::string(info.param.scheme) + "_" + std::to_string(info.param.levels) +
+                                  (info.param.stochastic ? "_stochastic" : "_nearest");
+                         });
 
 TEST(RandkCuda, MatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";

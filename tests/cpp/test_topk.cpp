@@ -29,17 +29,16 @@ TEST_P(TopkCpuTest, MatchesBruteForce) {
   EXPECT_TRUE(torch::equal(values, x.index_select(0, indices.to(at::kLong))));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AwkwardSizes, TopkCpuTest,
-    ::testing::Values(TopkCase{1, 1, at::kFloat}, TopkCase{7, 1, at::kFloat},
-                      TopkCase{7, 7, at::kHalf}, TopkCase{769, 13, at::kBFloat16},
-                      TopkCase{769, 769, at::kFloat}, TopkCase{(1 << 20) + 3, 1, at::kFloat},
-                      TopkCase{(1 << 20) + 3, 10486, at::kBFloat16},
-                      TopkCase{(1 << 20) + 3, 10486, at::kHalf}),
-    [](const ::testing::TestParamInfo<TopkCase>& info) {
-      return "numel" + std::to_string(info.param.numel) + "_k" + std::to_string(info.param.k) + "_" +
-             c10::toString(info.param.dtype);
-    });
+INSTANTIATE_TEST_SUITE_P(AwkwardSizes, TopkCpuTest,
+                         ::testing::Values(TopkCase{1, 1, at::kFloat}, TopkCase{7, 1, at::kFloat},
+                                           TopkCase{7, 7, at::kHalf}, TopkCase{769, 13, at::kBFloat16},
+                                           TopkCase{769, 769, at::kFloat}, TopkCase{(1 << 20) + 3, 1, at::kFloat},
+                                           TopkCase{(1 << 20) + 3, 10486, at::kBFloat16},
+                                           TopkCase{(1 << 20) + 3, 10486, at::kHalf}),
+                         [](const ::testing::TestParamInfo<TopkCase>& info) {
+                           return "numel" + std::to_string(info.param.numel) + "_k" + std::to_string(info.param.k) +
+                                  "_" + c10::toString(info.param.dtype);
+                         });
 
 TEST(TopkCpu, TiesResolveToLowerIndex) {
   const at::Tensor x = torch::tensor({1.0f, -2.0f, 2.0f, 0.5f, -2.0f, 2.0f});

@@ -49,7 +49,8 @@ std::vector<T> as_storage(const at::Tensor& x) {
 }
 
 TEST(TopkRadixRule, KeysOrderMagnitudesAndPutNanFirst) {
-  const at::Tensor values = torch::tensor({0.0f, -0.0f, 1e-40f, -1e-30f, 0.5f, -1.0f, 3.0e38f, INFINITY, -INFINITY, NAN});
+  const at::Tensor values =
+      torch::tensor({0.0f, -0.0f, 1e-40f, -1e-30f, 0.5f, -1.0f, 3.0e38f, INFINITY, -INFINITY, NAN});
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
     const at::Tensor x = values.to(dtype);
     std::vector<uint32_t> keys;
@@ -76,11 +77,15 @@ at::Tensor make_input(Pattern pattern, int64_t n, int64_t seed) {
   torch::manual_seed(seed);
   const at::Tensor noise = torch::randn({n});
   switch (pattern) {
-    case Pattern::kRandn: return noise;
-    case Pattern::kAllEqual: return torch::full({n}, -0.75f);
-    case Pattern::kFewValues: return torch::randint(-1, 2, {n}).to(at::kFloat);
+    case Pattern::kRandn:
+      return noise;
+    case Pattern::kAllEqual:
+      return torch::full({n}, -0.75f);
+    case Pattern::kFewValues:
+      return torch::randint(-1, 2, {n}).to(at::kFloat);
     // One leading digit for all: the values differ in the low mantissa bits only.
-    case Pattern::kCrowdedBin: return 1.0f + torch::randint(0, 64, {n}).to(at::kFloat) * std::ldexp(1.0f, -20);
+    case Pattern::kCrowdedBin:
+      return 1.0f + torch::randint(0, 64, {n}).to(at::kFloat) * std::ldexp(1.0f, -20);
     case Pattern::kNanAndInf: {
       at::Tensor x = noise.clone();
       x.index_put_({torch::rand({n}) < 0.05}, NAN);
@@ -131,16 +136,17 @@ class TopkRadixEmulation : public ::testing::TestWithParam<at::ScalarType> {};
 
 TEST_P(TopkRadixEmulation, MatchesCpuReferenceOnAwkwardInputs) {
   const at::ScalarType dtype = GetParam();
-  const std::vector<Size> sizes = {{1, {1}}, {7, {1, 3, 7}}, {769, {1, 7, 77, 256, 769}},
-                                   {(1 << 20) + 3, {1, 10486, (1 << 20) + 3}}};
-  const Pattern patterns[] = {Pattern::kRandn,     Pattern::kAllEqual,  Pattern::kFewValues,
+  const std::vector<Size> sizes = {
+      {1, {1}}, {7, {1, 3, 7}}, {769, {1, 7, 77, 256, 769}}, {(1 << 20) + 3, {1, 10486, (1 << 20) + 3}}};
+  const Pattern patterns[] = {Pattern::kRandn,      Pattern::kAllEqual,  Pattern::kFewValues,
                               Pattern::kCrowdedBin, Pattern::kNanAndInf, Pattern::kZerosAndSubnormals};
   for (const Size& size : sizes) {
     for (const Pattern pattern : patterns) {
       const at::Tensor a = make_input(pattern, size.n, size.n).to(dtype);
       const at::Tensor b = make_input(Pattern::kRandn, size.n, size.n + 1).mul(0.1).to(dtype);
       for (const int64_t k : size.ks) {
-        const std::string what = std::string(name_of(pattern)) + " n=" + std::to_string(size.n) + " k=" + std::to_string(k);
+        const std::string what =
+            std::string(name_of(pattern)) + " n=" + std::to_string(size.n) + " k=" + std::to_string(k);
         expect_emulation_matches_cpu(a, at::Tensor(), k, what);
         expect_emulation_matches_cpu(a, b, k, what + " (a - b)");
       }
@@ -213,7 +219,8 @@ TEST(TopkRadixEmulation, HintMatchesCpuReference) {
       std::vector<int32_t> emulated;
       EFCOMM_DISPATCH_FLOAT_TYPES(dtype, "emulate", [&] {
         const std::vector<scalar_t> v = as_storage<scalar_t>(x);
-        emulated = testing::emulate_topk_radix(v.data(), static_cast<const scalar_t*>(nullptr), n, k, hint.data(), &trace);
+        emulated =
+            testing::emulate_topk_radix(v.data(), static_cast<const scalar_t*>(nullptr), n, k, hint.data(), &trace);
       });
       const std::vector<int32_t> want(indices.const_data_ptr<int32_t>(), indices.const_data_ptr<int32_t>() + k);
       EXPECT_EQ(emulated, want) << dtype << " step " << step;
@@ -243,11 +250,13 @@ TEST(TopkRadixCuda, KernelsMatchTheEmulation) {
           at::Tensor hint = torch::zeros({2}, torch::kCUDA);
           for (int call = 0; call < 2; ++call) {  // a fresh hint, then a primed one
             const auto [v_gpu, i_gpu] = topk_cuda(x.cuda(), k, hint);
-            EXPECT_TRUE(torch::equal(i_cpu, i_gpu.cpu())) << dtype << " " << name_of(pattern) << " n=" << n << " k=" << k;
+            EXPECT_TRUE(torch::equal(i_cpu, i_gpu.cpu()))
+                << dtype << " " << name_of(pattern) << " n=" << n << " k=" << k;
             EXPECT_TRUE(torch::equal(v_cpu.view(at::kByte), v_gpu.cpu().view(at::kByte)));
           }
           const auto [v_plain, i_plain] = topk_cuda(x.cuda(), k);
-          EXPECT_TRUE(torch::equal(i_cpu, i_plain.cpu())) << dtype << " " << name_of(pattern) << " n=" << n << " k=" << k;
+          EXPECT_TRUE(torch::equal(i_cpu, i_plain.cpu()))
+              << dtype << " " << name_of(pattern) << " n=" << n << " k=" << k;
         }
       }
     }

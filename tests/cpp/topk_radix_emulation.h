@@ -16,9 +16,9 @@ namespace efcomm::testing {
 
 // What the emulated kernels did, for tests that check which paths ran.
 struct RadixTrace {
-  bool hint_held = false;          // the hinted kernel's candidates hold the Top-k
-  int passes_run = 0;              // passes before the early stop
-  bool compacted = false;          // pass 1 wrote the entries at or above pass 0's bin
+  bool hint_held = false;  // the hinted kernel's candidates hold the Top-k
+  int passes_run = 0;      // passes before the early stop
+  bool compacted = false;  // pass 1 wrote the entries at or above pass 0's bin
   bool final_from_candidates = false;
   int decided = 0;                 // key bits decided when the selection was fixed
   std::vector<uint32_t> pass_len;  // per pass run: entries in the chosen bin

@@ -1,5 +1,6 @@
 """The methods' compositions of the Top-k pair, as efcomm.methods runs them: the targets with
 torch ops (each one rounding), then topk_encode_ and own decodes."""
+
 from efcomm import ops
 
 

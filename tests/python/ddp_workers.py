@@ -3,6 +3,7 @@
 Starting processes is what makes these tests slow, so one launch runs many scenarios in a
 row (``scenarios_worker``), each with a fresh model, DDP wrapper and efcomm state on the
 same process group, and saves every scenario's results."""
+
 import copy
 import gc
 import os
@@ -146,8 +147,13 @@ def scenario_unused_parameters_and_static_graph(rank, world, ctx):
         state = efcomm.register(ddp, "ef21", efcomm.TopK(0.1), min_compress_numel=32)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
         losses, _ = _train(ddp, opt, torch.Generator().manual_seed(rank), 10)
-        out[name] = {"params": _flat_params(model), "losses": losses, "steps": state.stats.steps,
-                     "initialisations": state.stats.initialisations, "relayouts": state.stats.relayouts}
+        out[name] = {
+            "params": _flat_params(model),
+            "losses": losses,
+            "steps": state.stats.steps,
+            "initialisations": state.stats.initialisations,
+            "relayouts": state.stats.relayouts,
+        }
     return out
 
 
@@ -211,8 +217,12 @@ def scenario_every_exchange(rank, world, ctx):
     for name, (method, compressor) in configs.items():
         model, ddp, state, opt, gen = _small_ddp(rank, method, compressor)
         losses, _ = _train(ddp, opt, gen, 15)
-        out[name] = {"params": _flat_params(model), "losses": losses, "sent": state.stats.bytes_sent,
-                     "dense": state.stats.dense_bytes}
+        out[name] = {
+            "params": _flat_params(model),
+            "losses": losses,
+            "sent": state.stats.bytes_sent,
+            "dense": state.stats.dense_bytes,
+        }
     return out
 
 
@@ -238,8 +248,13 @@ def scenario_smoothness(rank, world, ctx):
         loss.backward()
         opt.step()
         losses.append(float(loss))
-    return {"estimates": estimates, "exact": exact, "weights": method.weights, "losses": losses,
-            "params": _flat_params(model)}
+    return {
+        "estimates": estimates,
+        "exact": exact,
+        "weights": method.weights,
+        "losses": losses,
+        "params": _flat_params(model),
+    }
 
 
 def scenario_join(rank, world, ctx):
@@ -285,8 +300,10 @@ def _record(model, state):
 
 
 def _save_files(name, world, rank, ctx, model, opt, state):
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()},
-               f"{ctx['directory']}/{name}-{world}.rank{rank}.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()},
+        f"{ctx['directory']}/{name}-{world}.rank{rank}.pt",
+    )
 
 
 def _load_files(name, world, rank, ctx, model, opt, state=None):
@@ -386,17 +403,29 @@ def scenario_killed_rank(rank, world, ctx):
     return {"error": error, "seconds": time.monotonic() - start}
 
 
-SCENARIOS = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")
-}
+SCENARIOS = {name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 
 # The launches of the DDP tests, in order (each a world size and its scenarios; a scenario
 # that makes every rank raise, or breaks the group, comes last). Files pass from one launch
 # to the next.
 LAUNCHES = (
-    ("first", 2, ["gradient_as_bucket_view", "layout_change", "unused_parameters_and_static_graph", "no_sync",
-                  "bfloat16_model_float32_state", "nonfinite", "every_exchange", "smoothness", "resume_save",
-                  "elastic_save", "mismatch"]),
+    (
+        "first",
+        2,
+        [
+            "gradient_as_bucket_view",
+            "layout_change",
+            "unused_parameters_and_static_graph",
+            "no_sync",
+            "bfloat16_model_float32_state",
+            "nonfinite",
+            "every_exchange",
+            "smoothness",
+            "resume_save",
+            "elastic_save",
+            "mismatch",
+        ],
+    ),
     ("three", 3, ["join", "elastic_resume", "elastic_missing", "killed_rank"]),
     ("second", 2, ["resume_load", "elastic_resume"]),
 )
@@ -450,10 +479,16 @@ def hierarchy_worker(rank, world_size, init_method, result_dir):
 
         model, ddp, state, opt = make()
         _train_fixed(ddp, opt, rank, 0, 3)
-        saved = copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()})
+        saved = copy.deepcopy(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()}
+        )
         _train_fixed(ddp, opt, rank, 3, 3)
-        out = {"local": local, "params": _flat_params(model), "state": state.state_dict(),
-               "stats": state.stats.state_dict()}
+        out = {
+            "local": local,
+            "params": _flat_params(model),
+            "state": state.state_dict(),
+            "stats": state.stats.state_dict(),
+        }
         del model, ddp, state, opt
         gc.collect()
         model, ddp, state, opt = make()

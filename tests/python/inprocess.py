@@ -2,6 +2,7 @@
 and optimizer, whose bucket gradients go through efcomm's step engine with the in-process
 transport (efcomm.cluster) instead of DDP. The step logic is the hook's; only DDP is missing,
 so these runs test the step logic fast, without starting processes."""
+
 import copy
 from dataclasses import dataclass, field
 from typing import Optional
@@ -122,7 +123,9 @@ class LocalTraining:
                 "ef_state": s.state_dict() if self.cluster else None,
                 "step": self.step_count,
             }
-            for m, o, s in zip(self.models, self.optimizers, self.cluster.states if self.cluster else [None] * self.world)
+            for m, o, s in zip(
+                self.models, self.optimizers, self.cluster.states if self.cluster else [None] * self.world
+            )
         ]
 
     def load_state_dicts(self, checkpoints: list) -> None:

@@ -1,5 +1,6 @@
 """Brute-force references for the op tests: full sorts, float32 tensor arithmetic one rounding at a
 time, and Python loops, obviously right."""
+
 import torch
 
 F32 = torch.float32

@@ -1,5 +1,6 @@
 """benchmarks/bench_ddp.py: the CPU --tiny run end to end, its arguments, and its byte counts
 against the bytes the hooks actually hand to the collectives."""
+
 import json
 import math
 import os
@@ -24,7 +25,10 @@ from ddp_models import make_workload  # noqa: E402
 def run_benchmark(out: Path, *extra: str) -> tuple[dict, str]:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "bench_ddp.py"), "--device", "cpu", "--tiny", "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=600, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((out / "bench_ddp.json").read_text()), done.stdout
@@ -65,8 +69,20 @@ def test_tiny_cpu_run(tmp_path):
 
 
 def test_spawned_ranks_and_a_chosen_hook_list(tmp_path):
-    results, stdout = run_benchmark(tmp_path, "--world-size", "2", "--models", "gpt2", "--warmup", "2", "--steps", "3",
-                                    "--hooks", "ef21:topk:0.05", "powersgd:2")
+    results, stdout = run_benchmark(
+        tmp_path,
+        "--world-size",
+        "2",
+        "--models",
+        "gpt2",
+        "--warmup",
+        "2",
+        "--steps",
+        "3",
+        "--hooks",
+        "ef21:topk:0.05",
+        "powersgd:2",
+    )
     assert results["world_size"] == 2
     hooks = results["models"][0]["hooks"]
     assert [h["name"] for h in hooks] == ["allreduce", "ef21:topk:0.05", "powersgd:2"]  # the baseline comes first
@@ -76,22 +92,25 @@ def test_spawned_ranks_and_a_chosen_hook_list(tmp_path):
     assert "one bucket at a time on gloo" in stdout
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--hooks", "ef21:topk:2"], ["--hooks", "'ef21:topk:2'", "ratio '2'"]),
-    (["--hooks", "ef21:bogus"], ["--hooks", "compressor 'bogus'"]),
-    (["--hooks", "nomethod:topk"], ["--hooks", "method 'nomethod'"]),
-    (["--hooks", "ef21:int8:0.1"], ["--hooks", "int8 takes no ratio"]),
-    (["--hooks", "ef21:randk:0.01:threshold"], ["--hooks", "threshold"]),
-    (["--hooks", "none:topk:0.01"], ["--hooks", "'none:topk:0.01'"]),  # efcomm's own check: biased
-    (["--hooks", "powersgd:0"], ["--hooks", "'powersgd:0'"]),
-    (["--hooks", "fp16", "fp16"], ["--hooks", "['fp16']", "more than once"]),
-    (["--warmup", "1"], ["--warmup", "1"]),
-    (["--steps", "0"], ["--steps", "'0'"]),
-    (["--world-size", "-2"], ["--world-size", "'-2'"]),
-    (["--bucket-cap-mb", "0"], ["--bucket-cap-mb", "'0'"]),
-    (["--models", "vgg"], ["--models", "'vgg'"]),
-    (["--device", "cpu", "--backend", "nccl"], ["--backend", "'nccl'"]),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--hooks", "ef21:topk:2"], ["--hooks", "'ef21:topk:2'", "ratio '2'"]),
+        (["--hooks", "ef21:bogus"], ["--hooks", "compressor 'bogus'"]),
+        (["--hooks", "nomethod:topk"], ["--hooks", "method 'nomethod'"]),
+        (["--hooks", "ef21:int8:0.1"], ["--hooks", "int8 takes no ratio"]),
+        (["--hooks", "ef21:randk:0.01:threshold"], ["--hooks", "threshold"]),
+        (["--hooks", "none:topk:0.01"], ["--hooks", "'none:topk:0.01'"]),  # efcomm's own check: biased
+        (["--hooks", "powersgd:0"], ["--hooks", "'powersgd:0'"]),
+        (["--hooks", "fp16", "fp16"], ["--hooks", "['fp16']", "more than once"]),
+        (["--warmup", "1"], ["--warmup", "1"]),
+        (["--steps", "0"], ["--steps", "'0'"]),
+        (["--world-size", "-2"], ["--world-size", "'-2'"]),
+        (["--bucket-cap-mb", "0"], ["--bucket-cap-mb", "'0'"]),
+        (["--models", "vgg"], ["--models", "'vgg'"]),
+        (["--device", "cpu", "--backend", "nccl"], ["--backend", "'nccl'"]),
+    ],
+)
 def test_bad_arguments_name_the_argument_and_value(argv, names, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_ddp.parse_args(argv)
@@ -110,7 +129,11 @@ def test_defaults():
     assert args.hooks[1].compressor.threshold is True
     assert (args.warmup, args.steps, args.bucket_cap_mb) == (5, 30, 25.0)
     side = bench_ddp.parse_args(["--device", "cpu", "--hooks", "ef21:int8:side", "ef21:topk:0.02:threshold:side"]).hooks
-    assert [(h.side_stream, h.label().endswith(", side stream")) for h in side] == [(False, False), (True, True), (True, True)]
+    assert [(h.side_stream, h.label().endswith(", side stream")) for h in side] == [
+        (False, False),
+        (True, True),
+        (True, True),
+    ]
     assert side[2].compressor.threshold is True and side[2].compressor.ratio == 0.02
 
 

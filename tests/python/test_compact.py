@@ -1,6 +1,7 @@
 """Top-k messages with narrower values and compact indices (kernels/wire_layout.h: values as
 bfloat16 or float16 for a float32 tensor; 16-bit offsets within chunks of 65536 entries and a
 count per chunk), against an independent unpacker and the brute-force references."""
+
 import math
 
 import numpy as np
@@ -43,7 +44,9 @@ def unpack(message: torch.Tensor, numel: int, k: int, value_dtype: torch.dtype, 
 
 @pytest.mark.parametrize("dtype,value_dtype,index_bits", FORMATS, ids=str)
 @pytest.mark.parametrize("numel,k", [(7, 3), (769, 40), (200_003, 2_000)])
-def test_encode_writes_the_topk_in_the_format_and_keeps_the_rounding_in_the_state(dtype, value_dtype, index_bits, numel, k):
+def test_encode_writes_the_topk_in_the_format_and_keeps_the_rounding_in_the_state(
+    dtype, value_dtype, index_bits, numel, k
+):
     gen = torch.Generator().manual_seed(numel)
     g = torch.randn(numel, generator=gen).mul_(3.0).to(dtype)
     h_local = torch.randn(numel, generator=gen).to(dtype)
@@ -67,8 +70,9 @@ def test_decode_of_the_format_matches_the_reference(dtype, value_dtype, index_bi
     gen = torch.Generator().manual_seed(3)
     messages, pairs = [], []
     for _ in range(world):
-        message = ops.topk_encode_(torch.randn(numel, generator=gen).to(dtype), None, k,
-                                   value_dtype=value_dtype, index_bits=index_bits)
+        message = ops.topk_encode_(
+            torch.randn(numel, generator=gen).to(dtype), None, k, value_dtype=value_dtype, index_bits=index_bits
+        )
         messages.append(message)
         pairs.append(unpack(message, numel, k, value_dtype, index_bits))
     weights = torch.rand(world, generator=gen)
@@ -98,13 +102,22 @@ def test_about_four_bytes_per_entry_with_bfloat16_values():
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda: ops.topk_encode_(torch.randn(8, dtype=torch.bfloat16), None, 2, value_dtype=torch.float16),
-         r"topk_encode_: value_dtype \(Half\) must be the tensor's dtype \(BFloat16\)"),
-        (lambda: ops.topk_encode_(torch.randn(8, dtype=torch.float16), None, 2, value_dtype=torch.float32),
-         r"value_dtype \(Float\) must be the tensor's dtype \(Half\)"),
-        (lambda: ops.topk_encode_(torch.randn(8), None, 2, index_bits=8), r"topk_encode_: index_bits \(8\) must be 32 or 16"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 32, dtype=torch.uint8), 4, index_bits=16),
-         r"gathered rows have 32 bytes but a compact Top-k message of k=4 Float values has 28 bytes"),
+        (
+            lambda: ops.topk_encode_(torch.randn(8, dtype=torch.bfloat16), None, 2, value_dtype=torch.float16),
+            r"topk_encode_: value_dtype \(Half\) must be the tensor's dtype \(BFloat16\)",
+        ),
+        (
+            lambda: ops.topk_encode_(torch.randn(8, dtype=torch.float16), None, 2, value_dtype=torch.float32),
+            r"value_dtype \(Float\) must be the tensor's dtype \(Half\)",
+        ),
+        (
+            lambda: ops.topk_encode_(torch.randn(8), None, 2, index_bits=8),
+            r"topk_encode_: index_bits \(8\) must be 32 or 16",
+        ),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 32, dtype=torch.uint8), 4, index_bits=16),
+            r"gathered rows have 32 bytes but a compact Top-k message of k=4 Float values has 28 bytes",
+        ),
         (lambda: ops.message_nbytes("topk32", 8, torch.float32, k=2), r"family \('topk32'\) must be one of"),
     ],
 )
@@ -128,9 +141,12 @@ def test_opcheck_of_the_formats():
     h_local = torch.randn(97)
     for value_dtype, bits in ((torch.bfloat16, 16), (torch.float16, 32), (None, 16)):
         gathered = torch.stack([ops.topk_encode_(g, None, 9, value_dtype=value_dtype, index_bits=bits)] * 2)
-        torch.library.opcheck(torch.ops.efcomm.topk_encode_.default, (g, h_local.clone(), 9, 0.5, None, value_dtype, bits))
-        torch.library.opcheck(torch.ops.efcomm.topk_decode_add_.default,
-                              (torch.zeros(97), gathered, 9, 1.0, None, value_dtype, bits))
+        torch.library.opcheck(
+            torch.ops.efcomm.topk_encode_.default, (g, h_local.clone(), 9, 0.5, None, value_dtype, bits)
+        )
+        torch.library.opcheck(
+            torch.ops.efcomm.topk_decode_add_.default, (torch.zeros(97), gathered, 9, 1.0, None, value_dtype, bits)
+        )
 
 
 def test_the_compressor_and_a_method_with_compact_messages():
@@ -145,8 +161,9 @@ def test_the_compressor_and_a_method_with_compact_messages():
     stats = cluster.states[0].stats
     assert stats.bytes_sent == 400_000 + 3 * compressor.message_nbytes(100_000, torch.float32)
     # the non-finite check reads the values behind the counts
-    message = ops.topk_encode_(torch.tensor([1.0, float("inf"), 2.0] * 30_000), None, 3, value_dtype=torch.bfloat16,
-                               index_bits=16)
+    message = ops.topk_encode_(
+        torch.tensor([1.0, float("inf"), 2.0] * 30_000), None, 3, value_dtype=torch.bfloat16, index_bits=16
+    )
     assert bool(compressor.nonfinite_in(message.unsqueeze(0), 90_000, torch.float32))
 
 
@@ -162,7 +179,9 @@ def test_cuda_formats_match_cpu_exactly(dtype, value_dtype, index_bits):
     msg_cpu = ops.topk_encode_(g, h_cpu, k, 0.5, value_dtype=value_dtype, index_bits=index_bits)
     msg_cuda = ops.topk_encode_(g.cuda(), h_cuda, k, 0.5, value_dtype=value_dtype, index_bits=index_bits)
     assert torch.equal(msg_cuda.cpu(), msg_cpu) and torch.equal(h_cuda.cpu(), h_cpu)
-    gathered = torch.stack([msg_cpu, ops.topk_encode_(g.flip(0), None, k, value_dtype=value_dtype, index_bits=index_bits)])
+    gathered = torch.stack(
+        [msg_cpu, ops.topk_encode_(g.flip(0), None, k, value_dtype=value_dtype, index_bits=index_bits)]
+    )
     out_cpu = torch.randn(numel, generator=gen).to(dtype)
     out_cuda = out_cpu.cuda()
     ops.topk_decode_add_(out_cpu, gathered, k, 1.0, None, value_dtype, index_bits)

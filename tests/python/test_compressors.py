@@ -3,6 +3,7 @@ alpha), exact round trips, every compressor's encode with a state against its co
 (encode of the difference, then the decode of its own message), Rand-k's decode, the induced
 compressor, and the configuration objects. (The quantizer and Rand-k ops
 themselves, their wire layout and CPU/CUDA parity: test_quant_ops.py.)"""
+
 import math
 
 import numpy as np
@@ -68,7 +69,9 @@ def test_unbiased_mean_of_draws_converges_to_x(c):
     groups, m = 111, 40
     deviations = []
     for g in range(groups):
-        messages = torch.stack([c.encode_(x, None, Context(seed=7, step=g * m + t, bucket=3, rank=1)) for t in range(m)])
+        messages = torch.stack(
+            [c.encode_(x, None, Context(seed=7, step=g * m + t, bucket=3, rank=1)) for t in range(m)]
+        )
         mean = torch.zeros_like(x)
         if isinstance(c, (RandK, Induced)):  # the indices change with the step: decode one at a time
             for t in range(m):
@@ -84,8 +87,10 @@ def test_unbiased_mean_of_draws_converges_to_x(c):
 def _relative_errors(c, x, draws):
     norm_sq = float(x.double().square().sum())
     return np.array(
-        [float((_decoded(c, x, Context(seed=3, step=t, rank=2)).double() - x.double()).square().sum()) / norm_sq
-         for t in range(draws)]
+        [
+            float((_decoded(c, x, Context(seed=3, step=t, rank=2)).double() - x.double()).square().sum()) / norm_sq
+            for t in range(draws)
+        ]
     )
 
 
@@ -147,12 +152,30 @@ def test_exact_round_trips_of_representable_values():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("c", [QSGD(levels=3, block=64), Natural(block=64), ScaledSign(block=64), Int8(block=64),
-                               Int8(block=64, stochastic=True), FP8(block=64), FP8(block=64, stochastic=True),
-                               Int4(block=64), Int4(block=64, stochastic=True), RandK(k=30), RandK(k=30, window=True),
-                               RandK(k=200, unbiased=True), RandK(k=30, shared=False), TopK(k=25), Identity(),
-                               Clip(tau=0.5), QSGD(levels=3, block=64).scaled(),
-                               Induced(TopK(k=10), RandK(k=40, unbiased=True))], ids=repr)
+@pytest.mark.parametrize(
+    "c",
+    [
+        QSGD(levels=3, block=64),
+        Natural(block=64),
+        ScaledSign(block=64),
+        Int8(block=64),
+        Int8(block=64, stochastic=True),
+        FP8(block=64),
+        FP8(block=64, stochastic=True),
+        Int4(block=64),
+        Int4(block=64, stochastic=True),
+        RandK(k=30),
+        RandK(k=30, window=True),
+        RandK(k=200, unbiased=True),
+        RandK(k=30, shared=False),
+        TopK(k=25),
+        Identity(),
+        Clip(tau=0.5),
+        QSGD(levels=3, block=64).scaled(),
+        Induced(TopK(k=10), RandK(k=40, unbiased=True)),
+    ],
+    ids=repr,
+)
 def test_encode_with_a_state_equals_encode_then_own_decode(c, dtype):
     """encode_(g, h) (one op for the families: c = C(g - h), h += c) gives the message and h of
     the composition: the message of C(g - h), then the decode of that message into h."""
@@ -200,7 +223,11 @@ def test_induced_is_topk_plus_compressed_residual():
     c = Induced(TopK(k=20), RandK(k=40, unbiased=True))
     ctx = Context(seed=1, step=2)
     message = c.encode_(x, None, ctx)
-    assert message.numel() == c.message_nbytes(400, torch.float32) == ops.message_nbytes("topk", 400, torch.float32, k=20) + 160
+    assert (
+        message.numel()
+        == c.message_nbytes(400, torch.float32)
+        == ops.message_nbytes("topk", 400, torch.float32, k=20) + 160
+    )
     out = _decoded(c, x, ctx)
     top = ops.topk(x, 20)[1].long()
     assert torch.equal(out[top], x[top])  # the Top-k part is exact
@@ -210,6 +237,7 @@ def test_induced_is_topk_plus_compressed_residual():
 
 
 # ---- the configuration objects ----
+
 
 def test_compressor_parameters():
     assert QSGD(levels=1, block=32).omega(10**6) == min(32 / 1, math.sqrt(32))

@@ -3,6 +3,7 @@
 gives the eager op's bits (issue 10 item 8, issue 11 item 4). Top-k with the sync-free select
 (EFCOMM_TOPK_SELECT=radix2) and with today's default, which reads a count on the host (expected to
 fail until radix2 becomes the default). The CUDA tests skip without a GPU."""
+
 import pytest
 import torch
 from compositions import econtrol_step, ef_step
@@ -24,8 +25,15 @@ CAPTURE_SELECTS = [
     pytest.param("radix", marks=pytest.mark.xfail(run=False, reason="the default select reads a count on the host")),
 ]
 
-QUANT = [("qsgd", 7, 512, True), ("natural", 0, 1024, True), ("sign", 0, 1024, False), ("int8", 0, 256, False),
-         ("int8", 0, 256, True), ("fp8", 0, 256, False), ("int4", 0, 64, True)]
+QUANT = [
+    ("qsgd", 7, 512, True),
+    ("natural", 0, 1024, True),
+    ("sign", 0, 1024, False),
+    ("int8", 0, 256, False),
+    ("int8", 0, 256, True),
+    ("fp8", 0, 256, False),
+    ("int4", 0, 64, True),
+]
 
 
 def _inputs(dtype=torch.float32):
@@ -51,11 +59,26 @@ def _randk_calls():
     calls = []
     for window in (False, True):
         for rank in (None, 2):
-            calls.append((f"randk_indices w={window} r={rank}", lambda x, s0, s1, t, w=window, r=rank: ops.randk_indices(x, K, 1, 2, 3, w, r)))
-            calls.append((f"randk_encode_ w={window} r={rank}",
-                          lambda x, s0, s1, t, w=window, r=rank: ops.randk_encode_(x, s0, K, 1, 2, 3, w, 0.5, r)))
-        calls.append((f"randk_decode_add_ w={window}", lambda x, s0, s1, t, w=window: ops.randk_decode_add_(
-            s0, torch.stack([ops.randk_encode_(x, None, K, 1, 2, 3, w)] * 2), K, 1, 2, 3, w, 1.0, t)))
+            calls.append(
+                (
+                    f"randk_indices w={window} r={rank}",
+                    lambda x, s0, s1, t, w=window, r=rank: ops.randk_indices(x, K, 1, 2, 3, w, r),
+                )
+            )
+            calls.append(
+                (
+                    f"randk_encode_ w={window} r={rank}",
+                    lambda x, s0, s1, t, w=window, r=rank: ops.randk_encode_(x, s0, K, 1, 2, 3, w, 0.5, r),
+                )
+            )
+        calls.append(
+            (
+                f"randk_decode_add_ w={window}",
+                lambda x, s0, s1, t, w=window: ops.randk_decode_add_(
+                    s0, torch.stack([ops.randk_encode_(x, None, K, 1, 2, 3, w)] * 2), K, 1, 2, 3, w, 1.0, t
+                ),
+            )
+        )
     return calls
 
 
@@ -65,8 +88,14 @@ def _quant_calls():
         args = (scheme, levels, block, stochastic, 1, 2, 3, 0)
         calls.append((f"quant_encode_ {scheme}", lambda x, s0, s1, t, a=args: ops.quant_encode_(x, None, *a)))
         calls.append((f"ef21 {scheme}", lambda x, s0, s1, t, a=args: ops.quant_encode_(x, s0, *a, 0.5)))
-        calls.append((f"quant_decode_add_ {scheme}", lambda x, s0, s1, t, a=args: ops.quant_decode_add_(
-            s0, torch.stack([ops.quant_encode_(x, None, *a)] * 2), *a[:3], 1.0, t)))
+        calls.append(
+            (
+                f"quant_decode_add_ {scheme}",
+                lambda x, s0, s1, t, a=args: ops.quant_decode_add_(
+                    s0, torch.stack([ops.quant_encode_(x, None, *a)] * 2), *a[:3], 1.0, t
+                ),
+            )
+        )
     return calls
 
 
@@ -107,7 +136,9 @@ def _captured_equals_eager(calls, hint):
             t.copy_(s)
         graph.replay()
         torch.cuda.synchronize()
-        flat = lambda out: [] if out is None else [t.view(torch.uint8) for t in (out if isinstance(out, tuple) else (out,))]  # noqa: E731
+        flat = lambda out: (
+            [] if out is None else [t.view(torch.uint8) for t in (out if isinstance(out, tuple) else (out,))]
+        )  # noqa: E731
         assert all(torch.equal(a, b) for a, b in zip(flat(graph_out), flat(eager_out))), name
         assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(graph_in, eager_in)), name
 

@@ -1,5 +1,6 @@
 """The demo's command line: every usage error is a clear argparse message (exit status 2),
 checked before any process starts."""
+
 import re
 
 import pytest

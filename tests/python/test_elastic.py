@@ -2,6 +2,7 @@
 first exchange, and runs whose aggregate stays non-finite: the step logic in one process.
 The same over real DDP process groups and torch.distributed.checkpoint is in
 test_hook.py."""
+
 import warnings
 
 import pytest
@@ -93,8 +94,11 @@ def test_a_rank_without_the_loaded_state_fails_on_every_rank():
     ckpt = before.state_dicts()
     after = LocalTraining(3, "ef21")
     after.load_state_dicts([ckpt[0], ckpt[1], None])
-    with pytest.raises(RuntimeError, match=r"disagree on the error-feedback state they loaded: rank 0 holds 1 loaded "
-                                           r"bucket\(s\) at step\(s\) \[4\]; rank 2 holds no loaded state"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"disagree on the error-feedback state they loaded: rank 0 holds 1 loaded "
+        r"bucket\(s\) at step\(s\) \[4\]; rank 2 holds no loaded state",
+    ):
         after.train(1)
 
 

@@ -2,6 +2,7 @@
 transport): every method and compressor trains with ranks bitwise identical, resumes
 exactly, survives non-finite steps and bucket layout changes. tests/python/test_hook.py
 keeps, in real DDP processes, only what DDP itself adds."""
+
 import pytest
 import torch
 from inprocess import LocalTraining, run_local
@@ -66,10 +67,17 @@ def test_global_estimate_is_the_mean_of_the_local_states():
 
 
 STATEFUL_METHODS = [
-    ("ef21", {}), ("ef", {}), ("ef21-sgdm", {"momentum": 0.0, "lr": 0.1}), ("econtrol", {}),
-    (EF21W([0.75, 0.25]), {}), (Clip21(tau=1.0), {}), (CLAG(zeta=1.0), {}),
-    (AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), {}), ("motef", {"momentum": 0.0, "lr": 0.1}),
-    ("ef21", {"compressor": efcomm.Natural()}), ("ef21", {"compressor": efcomm.RandK(0.1)}),
+    ("ef21", {}),
+    ("ef", {}),
+    ("ef21-sgdm", {"momentum": 0.0, "lr": 0.1}),
+    ("econtrol", {}),
+    (EF21W([0.75, 0.25]), {}),
+    (Clip21(tau=1.0), {}),
+    (CLAG(zeta=1.0), {}),
+    (AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), {}),
+    ("motef", {"momentum": 0.0, "lr": 0.1}),
+    ("ef21", {"compressor": efcomm.Natural()}),
+    ("ef21", {"compressor": efcomm.RandK(0.1)}),
     ("none", {"compressor": efcomm.QSGD(levels=3, block=256)}),
     ("ef21", {"compressor": efcomm.TopK(0.1, threshold=True)}),
 ]
@@ -154,7 +162,9 @@ COMPRESSOR_RUNS = [
 
 
 @pytest.mark.parametrize("method,compressor,compression,loss,accuracy,settings", COMPRESSOR_RUNS, ids=str)
-def test_every_compressor_trains_with_the_methods_that_accept_it(method, compressor, compression, loss, accuracy, settings):
+def test_every_compressor_trains_with_the_methods_that_accept_it(
+    method, compressor, compression, loss, accuracy, settings
+):
     results = run_local(2, STEPS, method, compressor=compressor, **settings)
     assert_ranks_identical(results)
     assert results[0].stats["dense_bytes"] / results[0].stats["bytes_sent"] > compression
@@ -176,8 +186,16 @@ def test_threshold_topk_trains_the_same_bits(method):
 @pytest.mark.parametrize(
     "method",
     [
-        "none", "ef", EF21W([0.4, 0.3, 0.2, 0.1]), Clip21(tau=1.0), LAG(zeta=1.0), "ef21-sgdm", "econtrol",
-        CLAG(zeta=1.0), AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5), "motef",
+        "none",
+        "ef",
+        EF21W([0.4, 0.3, 0.2, 0.1]),
+        Clip21(tau=1.0),
+        LAG(zeta=1.0),
+        "ef21-sgdm",
+        "econtrol",
+        CLAG(zeta=1.0),
+        AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5),
+        "motef",
     ],
     ids=str,
 )
@@ -197,7 +215,9 @@ def two_buckets(training: LocalTraining) -> list:
     return [names[:2], names[2:]]
 
 
-@pytest.mark.parametrize("method", ["ef21", LAG(zeta=1.0), CLAG(zeta=1.0), AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5)], ids=str)
+@pytest.mark.parametrize(
+    "method", ["ef21", LAG(zeta=1.0), CLAG(zeta=1.0), AdaCGD(ratios=(0.02, 0.1, 0.3), zeta=0.5)], ids=str
+)
 def test_resume_into_a_bucket_made_of_the_saved_buckets_runs_them_as_segments(method):
     """A resumed DDP model starts from its initial bucket layout (here one bucket holding
     everything) before it rebuilds: the step runs the saved layouts (two buckets) as segments

@@ -1,5 +1,6 @@
 """The hierarchical exchange (efcomm.hierarchy): in one process (efcomm.cluster with nodes of
 L ranks), and over real gloo groups of 4 ranks (2 nodes of 2) and 8 (2 nodes of 4)."""
+
 import math
 
 import pytest
@@ -36,7 +37,12 @@ def node_mean_shards(grads: list, local: int) -> list:
 @pytest.mark.parametrize("nodes,local", [(2, 2), (2, 4), (3, 2)])
 @pytest.mark.parametrize(
     "method,compressor",
-    [("ef21", efcomm.TopK(0.05)), ("ef21", efcomm.RandK(0.05)), ("ef", efcomm.Int8(block=64)), ("none", efcomm.Natural(block=64))],
+    [
+        ("ef21", efcomm.TopK(0.05)),
+        ("ef21", efcomm.RandK(0.05)),
+        ("ef", efcomm.Int8(block=64)),
+        ("none", efcomm.Natural(block=64)),
+    ],
     ids=str,
 )
 def test_each_shard_is_the_flat_method_on_the_node_means(nodes, local, method, compressor):
@@ -54,8 +60,9 @@ def test_each_shard_is_the_flat_method_on_the_node_means(nodes, local, method, c
         outs = hier.step_bucket([g.clone() for g in grads], signature)
         assert outputs_identical(outs)
         for l, flat in enumerate(flats):
-            expected = flat.step_bucket([means[node][l].clone() for node in range(nodes)],
-                                        shard_signature(signature, l, local, shard))
+            expected = flat.step_bucket(
+                [means[node][l].clone() for node in range(nodes)], shard_signature(signature, l, local, shard)
+            )
             assert torch.equal(outs[0][l * shard : min((l + 1) * shard, NUMEL)], expected[0][: NUMEL - l * shard])
 
 
@@ -75,8 +82,8 @@ def test_resume_of_a_hierarchical_run_is_exact():
         out_r = resumed.step_bucket(gradients(step, 4))
     assert torch.equal(out_u[0], out_r[0])
     for a, b in zip(uninterrupted.states, resumed.states):
-        (sa, ba), = a.buckets.items()
-        (sb, bb), = b.buckets.items()
+        ((sa, ba),) = a.buckets.items()
+        ((sb, bb),) = b.buckets.items()
         assert sa == sb and all(torch.equal(ba.tensors[n], bb.tensors[n]) for n in ba.tensors)
 
 
@@ -95,8 +102,11 @@ def test_byte_counts_by_group_match_the_wire_model():
     message = compressor.message_nbytes(shard, torch.float32)
     assert stats.inter_node_bytes == 4 * shard + (steps - 1) * message
     # the model counts what each GPU sends between nodes per compressed step
-    model = wire_model.hierarchical_bytes(NUMEL * 4, lambda fraction: compressor.message_nbytes(
-        math.ceil(fraction * NUMEL), torch.float32), wire_model.Topology(nodes, local))
+    model = wire_model.hierarchical_bytes(
+        NUMEL * 4,
+        lambda fraction: compressor.message_nbytes(math.ceil(fraction * NUMEL), torch.float32),
+        wire_model.Topology(nodes, local),
+    )
     assert model["efcomm hier"]["inter"] == (nodes - 1) * message
 
 
@@ -114,8 +124,11 @@ def ddp_hierarchy():
     from ddp_workers import hierarchy_worker, spawn
 
     results = spawn(hierarchy_worker, 8)
-    return {"2x2 (ranks 0-3)": [r["2x2"] for r in results[:4]], "2x2 (ranks 4-7)": [r["2x2"] for r in results[4:]],
-            "2x4": [r["2x4"] for r in results]}
+    return {
+        "2x2 (ranks 0-3)": [r["2x2"] for r in results[:4]],
+        "2x2 (ranks 4-7)": [r["2x2"] for r in results[4:]],
+        "2x4": [r["2x4"] for r in results],
+    }
 
 
 def test_ddp_hierarchy_2x2_and_2x4(ddp_hierarchy):

@@ -6,6 +6,7 @@ non-finite steps, layouts) is tested in one process in test_engine.py.
 
 Each launch of processes costs seconds, so three launches run every scenario
 (ddp_workers.LAUNCHES, the session fixture ``ddp_launches``) and the tests read their results."""
+
 import pickle
 
 import pytest
@@ -206,4 +207,3 @@ def test_topk_k_for_bucket_sizes():
     assert efcomm.TopK(1.0).k_for(7) == 7
     assert efcomm.TopK(k=5).k_for(3) == 3 and efcomm.TopK(k=5).k_for(100) == 5
     assert efcomm.TopK(k=1).alpha(3) == pytest.approx(1 / 3)
-

@@ -4,6 +4,7 @@ identical, exact resume, the non-finite reset, for EF21 with Top-k, Rand-k and I
 the encode on the bucket's stream and on a side stream (``side_stream=True``: the same bits);
 and, over NCCL at world size 1, a steady-state step without a host synchronisation. Skipped
 without CUDA."""
+
 import copy
 from pathlib import Path
 
@@ -58,8 +59,11 @@ def cuda_hook_worker(rank, world_size, init_method, result_dir, name, side_strea
     skipped = train(ddp, opt, model, 0, 5)
     saved = copy.deepcopy({"model": model.state_dict(), "optimizer": opt.state_dict(), "ef_state": state.state_dict()})
     skipped += train(ddp, opt, model, 5, 8)
-    out = {"params": torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()]), "skipped": skipped,
-           "resets": state.stats.nonfinite_resets}
+    out = {
+        "params": torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()]),
+        "skipped": skipped,
+        "resets": state.stats.nonfinite_resets,
+    }
     model, ddp, state, opt = make()
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
@@ -90,8 +94,9 @@ def nccl_steady_state_worker(rank, world_size, init_method, result_dir, name, si
     """NCCL at world size 1 (the GPU machine has one GPU): three steps, then one under
     torch.cuda.set_sync_debug_mode("error")."""
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=world_size,
-                            device_id=torch.device("cuda", 0))
+    dist.init_process_group(
+        "nccl", init_method=init_method, rank=rank, world_size=world_size, device_id=torch.device("cuda", 0)
+    )
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).to(device)

@@ -1,6 +1,7 @@
 """The contract every compressor family shares (csrc/ops.h): an encode with a state updates it
 exactly as the decode of its own message would, the canonical NaN on every value an op writes,
 and the message sizes (kernels/wire_layout.h)."""
+
 import pytest
 import torch
 from conftest import DTYPES
@@ -9,33 +10,64 @@ from reference import unpack
 from efcomm import ops
 
 # (name, scheme, levels, stochastic) of every registered quantizer scheme
-SCHEMES = [("qsgd", 7, True), ("natural", 0, True), ("sign", 0, False), ("int8", 0, False), ("int8", 0, True),
-           ("fp8", 0, False), ("fp8", 0, True), ("int4", 0, False), ("int4", 0, True)]
+SCHEMES = [
+    ("qsgd", 7, True),
+    ("natural", 0, True),
+    ("sign", 0, False),
+    ("int8", 0, False),
+    ("int8", 0, True),
+    ("fp8", 0, False),
+    ("fp8", 0, True),
+    ("int4", 0, False),
+    ("int4", 0, True),
+]
 
 
 def _families(a, k, block):
     """(name, encode(b, scale), decode(h, message, scale), encode without b) of every family."""
     seed = (3, 4, 5)
     cases = [
-        ("topk", lambda b, s: ops.topk_encode_(a, b, k, s), lambda h, m, s: ops.topk_decode_add_(h, m[None], k, s),
-         lambda d: ops.topk_encode_(d, None, k)),
-        ("dense", lambda b, s: ops.dense_encode_(a, b, None, s), lambda h, m, s: ops.dense_decode_add_(h, m[None], s),
-         lambda d: ops.dense_encode_(d, None)),
-        ("randk", lambda b, s: ops.randk_encode_(a, b, k, *seed, False, s),
-         lambda h, m, s: ops.randk_decode_add_(h, m[None], k, *seed, False, s),
-         lambda d: ops.randk_encode_(d, None, k, *seed, False)),
-        ("randk-window", lambda b, s: ops.randk_encode_(a, b, k, *seed, True, s),
-         lambda h, m, s: ops.randk_decode_add_(h, m[None], k, *seed, True, s),
-         lambda d: ops.randk_encode_(d, None, k, *seed, True)),
-        ("randk-rank", lambda b, s: ops.randk_encode_(a, b, k, *seed, True, s, rank=2),
-         lambda h, m, s: ops.topk_decode_add_(h, m[None], k, s),
-         lambda d: ops.randk_encode_(d, None, k, *seed, True, rank=2)),
+        (
+            "topk",
+            lambda b, s: ops.topk_encode_(a, b, k, s),
+            lambda h, m, s: ops.topk_decode_add_(h, m[None], k, s),
+            lambda d: ops.topk_encode_(d, None, k),
+        ),
+        (
+            "dense",
+            lambda b, s: ops.dense_encode_(a, b, None, s),
+            lambda h, m, s: ops.dense_decode_add_(h, m[None], s),
+            lambda d: ops.dense_encode_(d, None),
+        ),
+        (
+            "randk",
+            lambda b, s: ops.randk_encode_(a, b, k, *seed, False, s),
+            lambda h, m, s: ops.randk_decode_add_(h, m[None], k, *seed, False, s),
+            lambda d: ops.randk_encode_(d, None, k, *seed, False),
+        ),
+        (
+            "randk-window",
+            lambda b, s: ops.randk_encode_(a, b, k, *seed, True, s),
+            lambda h, m, s: ops.randk_decode_add_(h, m[None], k, *seed, True, s),
+            lambda d: ops.randk_encode_(d, None, k, *seed, True),
+        ),
+        (
+            "randk-rank",
+            lambda b, s: ops.randk_encode_(a, b, k, *seed, True, s, rank=2),
+            lambda h, m, s: ops.topk_decode_add_(h, m[None], k, s),
+            lambda d: ops.randk_encode_(d, None, k, *seed, True, rank=2),
+        ),
     ]
     for scheme, levels, stochastic in SCHEMES:
         args = (scheme, levels, block, stochastic, 7, 1, 2, 3)
-        cases.append((scheme, lambda b, s, args=args: ops.quant_encode_(a, b, *args, s),
-                      lambda h, m, s, args=args: ops.quant_decode_add_(h, m[None], *args[:3], s),
-                      lambda d, args=args: ops.quant_encode_(d, None, *args)))
+        cases.append(
+            (
+                scheme,
+                lambda b, s, args=args: ops.quant_encode_(a, b, *args, s),
+                lambda h, m, s, args=args: ops.quant_decode_add_(h, m[None], *args[:3], s),
+                lambda d, args=args: ops.quant_encode_(d, None, *args),
+            )
+        )
     return cases
 
 
@@ -93,8 +125,11 @@ def test_a_nan_top_entry_is_written_as_the_canonical_nan(dtype):
     values, indices = unpack(message, 1, dtype)
     assert indices.tolist() == [1] and _bits(values) == [canonical]
     assert _bits(h[1:2]) == [canonical]  # inf + NaN
-    payloads = {torch.float32: [0xFFC00000, 0x7FC00123, 0xFFFFFFFF], torch.bfloat16: [0xFFC0, 0x7FC3, 0xFFFF],
-                torch.float16: [0xFE00, 0x7E01, 0xFFFF]}[dtype]
+    payloads = {
+        torch.float32: [0xFFC00000, 0x7FC00123, 0xFFFFFFFF],
+        torch.bfloat16: [0xFFC0, 0x7FC3, 0xFFFF],
+        torch.float16: [0xFE00, 0x7E01, 0xFFFF],
+    }[dtype]
     for bits in payloads:
         x = torch.cat([torch.tensor([1.0, -5.0]).to(dtype), _from_bits(dtype, bits)])
         assert _bits(ops.topk(x, 1)[0]) == [canonical]
@@ -110,17 +145,25 @@ def test_a_nan_top_entry_is_written_as_the_canonical_nan(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decoded_nan_is_canonical_and_untouched_entries_keep_their_bits(dtype):
     canonical = CANONICAL[dtype]
-    messages = torch.stack([ops.topk_encode_(torch.tensor([0.0, 4.0, 0.0]).to(dtype), None, 1),
-                            ops.topk_encode_(torch.tensor([0.0, -float("inf"), 0.0]).to(dtype), None, 1)])
-    h = torch.cat([_from_bits(dtype, 0xFFFF if dtype != torch.float32 else 0xFFFFFFFF),
-                   torch.tensor([float("inf")]).to(dtype), torch.tensor([1.0]).to(dtype)])
+    messages = torch.stack(
+        [
+            ops.topk_encode_(torch.tensor([0.0, 4.0, 0.0]).to(dtype), None, 1),
+            ops.topk_encode_(torch.tensor([0.0, -float("inf"), 0.0]).to(dtype), None, 1),
+        ]
+    )
+    h = torch.cat(
+        [
+            _from_bits(dtype, 0xFFFF if dtype != torch.float32 else 0xFFFFFFFF),
+            torch.tensor([float("inf")]).to(dtype),
+            torch.tensor([1.0]).to(dtype),
+        ]
+    )
     before = _bits(h)
     ops.topk_decode_add_(h, messages, 1)  # inf + (4 - inf) / 2 = -inf; then h + ... below
     assert _bits(h)[0] == before[0] and _bits(h)[2] == before[2]  # not carried: bit for bit
     assert _bits(h)[1] == canonical  # inf + -inf
     dense = torch.stack([ops.dense_encode_(torch.tensor([1.0, float("nan"), 2.0]).to(dtype), None)])
-    out = torch.cat([_from_bits(dtype, 0xFFFF if dtype != torch.float32 else 0xFFFFFFFF),
-                     torch.zeros(2, dtype=dtype)])
+    out = torch.cat([_from_bits(dtype, 0xFFFF if dtype != torch.float32 else 0xFFFFFFFF), torch.zeros(2, dtype=dtype)])
     ops.dense_decode_add_(out, dense)
     assert _bits(out)[:2] == [canonical, canonical]
 
@@ -184,5 +227,3 @@ def test_message_sizes_are_padded_to_four_bytes():
 def test_message_nbytes_bad_arguments(args, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         ops.message_nbytes(*args)
-
-

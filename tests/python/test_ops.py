@@ -1,6 +1,7 @@
 """The Top-k, dense and method ops against brute-force references, the canonical NaN, opcheck
 on every op, error messages, and CUDA-vs-CPU parity. (Quantizer and Rand-k ops:
 test_quant_ops.py.)"""
+
 import pytest
 import torch
 from compositions import econtrol_step, ef21_sgdm_step, ef_step
@@ -249,8 +250,15 @@ def test_opcheck_every_op(device):
         torch.library.opcheck(getattr(torch.ops.efcomm, name).default, args)
         checked.add(name)
     assert checked == {
-        "topk", "topk_encode_", "topk_decode_add_", "dense_encode_", "dense_decode_add_", "lazy_trigger",
-        "adacgd_choose", "motef_track_", "message_nbytes",
+        "topk",
+        "topk_encode_",
+        "topk_decode_add_",
+        "dense_encode_",
+        "dense_decode_add_",
+        "lazy_trigger",
+        "adacgd_choose",
+        "motef_track_",
+        "message_nbytes",
     }
 
 
@@ -278,27 +286,81 @@ def test_ops_trace_under_torch_compile():
         (lambda: ops.topk(torch.randn(5), 6), r"k \(6\) exceeds the number of elements \(5\)"),
         (lambda: ops.topk(torch.arange(5), 1), r"x has dtype Long"),
         (lambda: ops.topk(torch.randn(5, dtype=torch.float64), 1), r"x has dtype Double"),
-        (lambda: ops.topk_encode_(torch.randn(8), torch.zeros(9), 2), r"topk_encode_: b has shape \[9\] but a has shape \[8\]"),
-        (lambda: ops.topk_encode_(torch.randn(8), torch.zeros(8, dtype=torch.half), 2), r"b has dtype Half but a has dtype Float"),
-        (lambda: ops.topk_encode_(torch.randn(8), torch.zeros(16)[::2], 2), r"b \(updated in place\) must be contiguous"),
+        (
+            lambda: ops.topk_encode_(torch.randn(8), torch.zeros(9), 2),
+            r"topk_encode_: b has shape \[9\] but a has shape \[8\]",
+        ),
+        (
+            lambda: ops.topk_encode_(torch.randn(8), torch.zeros(8, dtype=torch.half), 2),
+            r"b has dtype Half but a has dtype Float",
+        ),
+        (
+            lambda: ops.topk_encode_(torch.randn(8), torch.zeros(16)[::2], 2),
+            r"b \(updated in place\) must be contiguous",
+        ),
         (lambda: ops.topk_encode_(torch.randn(8), torch.zeros(8), 9), r"k \(9\) exceeds"),
         (lambda: ops.topk_encode_(torch.randn(4), None, 5), r"topk_encode_: k \(5\) exceeds"),
         (lambda: ops.topk_encode_(torch.arange(4), None, 1), r"topk_encode_: a has dtype Long"),
-        (lambda: ops.topk_encode_(torch.randn(8), torch.zeros(8), 2, float("nan")), r"topk_encode_: scale \(nan\) must be finite"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 12, dtype=torch.uint8), 2), r"gathered rows have 12 bytes .* 16 bytes"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 16), 2), r"gathered has dtype Float; expected uint8"),
+        (
+            lambda: ops.topk_encode_(torch.randn(8), torch.zeros(8), 2, float("nan")),
+            r"topk_encode_: scale \(nan\) must be finite",
+        ),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 12, dtype=torch.uint8), 2),
+            r"gathered rows have 12 bytes .* 16 bytes",
+        ),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 16), 2),
+            r"gathered has dtype Float; expected uint8",
+        ),
         (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(16, dtype=torch.uint8), 2), r"gathered must be 2-D"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 17, dtype=torch.uint8)[:, 1:], 2), r"gathered must start at a 4-byte aligned address \(storage offset 1\)"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1)), r"weights has 1 entries but gathered holds 2"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.tensor([float("nan")])), r"weights holds a non-finite value \(nan at 0\)"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1, dtype=torch.float64)), r"weights has dtype Double; expected float32"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1, 1)), r"weights must be a contiguous 1-D tensor; got shape \[1, 1\]"),
-        (lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, float("inf")), r"topk_decode_add_: scale \(inf\) must be finite"),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 17, dtype=torch.uint8)[:, 1:], 2),
+            r"gathered must start at a 4-byte aligned address \(storage offset 1\)",
+        ),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(2, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1)),
+            r"weights has 1 entries but gathered holds 2",
+        ),
+        (
+            lambda: ops.topk_decode_add_(
+                torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.tensor([float("nan")])
+            ),
+            r"weights holds a non-finite value \(nan at 0\)",
+        ),
+        (
+            lambda: ops.topk_decode_add_(
+                torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1, dtype=torch.float64)
+            ),
+            r"weights has dtype Double; expected float32",
+        ),
+        (
+            lambda: ops.topk_decode_add_(
+                torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, 1.0, torch.ones(1, 1)
+            ),
+            r"weights must be a contiguous 1-D tensor; got shape \[1, 1\]",
+        ),
+        (
+            lambda: ops.topk_decode_add_(torch.zeros(8), torch.zeros(1, 16, dtype=torch.uint8), 2, float("inf")),
+            r"topk_decode_add_: scale \(inf\) must be finite",
+        ),
         (lambda: ops.dense_encode_(torch.randn(8), torch.zeros(8), 0.0), r"dense_encode_: clip \(0\) must be positive"),
-        (lambda: ops.dense_encode_(torch.randn(8), torch.zeros(8), float("inf")), r"dense_encode_: clip \(inf\) must be positive"),
-        (lambda: ops.lazy_trigger(torch.randn(8), torch.zeros(8), torch.zeros(8), -1.0), r"lazy_trigger: zeta \(-1\) must be non-negative"),
-        (lambda: ops.lazy_trigger(torch.randn(8), torch.zeros(8), torch.zeros(9), 1.0), r"lazy_trigger: y has shape \[9\]"),
-        (lambda: ops.dense_decode_add_(torch.zeros(8), torch.zeros(2, 16, dtype=torch.uint8)), r"gathered rows have 16 bytes but a dense message of 8 Float values has 32 bytes"),
+        (
+            lambda: ops.dense_encode_(torch.randn(8), torch.zeros(8), float("inf")),
+            r"dense_encode_: clip \(inf\) must be positive",
+        ),
+        (
+            lambda: ops.lazy_trigger(torch.randn(8), torch.zeros(8), torch.zeros(8), -1.0),
+            r"lazy_trigger: zeta \(-1\) must be non-negative",
+        ),
+        (
+            lambda: ops.lazy_trigger(torch.randn(8), torch.zeros(8), torch.zeros(9), 1.0),
+            r"lazy_trigger: y has shape \[9\]",
+        ),
+        (
+            lambda: ops.dense_decode_add_(torch.zeros(8), torch.zeros(2, 16, dtype=torch.uint8)),
+            r"gathered rows have 16 bytes but a dense message of 8 Float values has 32 bytes",
+        ),
     ],
 )
 def test_bad_arguments_raise_errors_naming_them(call, pattern):
@@ -318,7 +380,9 @@ def test_decode_leaves_entries_no_message_carries_untouched():
 def test_decode_rejects_indices_out_of_order():
     message = ops.topk_encode_(torch.tensor([0.0, 3.0, 0.0, 4.0]), None, 2)
     message[8:16].view(torch.int32).copy_(torch.tensor([3, 1], dtype=torch.int32))
-    with pytest.raises(RuntimeError, match=r"message of rank 0 holds indices out of ascending order \(3 then 1 at position 1\)"):
+    with pytest.raises(
+        RuntimeError, match=r"message of rank 0 holds indices out of ascending order \(3 then 1 at position 1\)"
+    ):
         ops.topk_decode_add_(torch.zeros(4), message.unsqueeze(0), 2)
 
 
@@ -351,10 +415,22 @@ def test_motef_track_matches_reference(device, dtype):
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, torch.zeros(3), 0.9, 0.1), r"motef_track_: G_mean has shape \[3\] but g has shape \[8\]"),
-        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.0, 0.1), r"motef_track_: lam \(0\) must be in \(0, 1\]"),
-        (lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.5, 1.5), r"motef_track_: gamma \(1.5\) must be in \(0, 1\]"),
-        (lambda t: ops.motef_track_(t, t.clone().double(), t.clone(), t, t, 0.5, 0.5), r"motef_track_: M has dtype Double"),
+        (
+            lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, torch.zeros(3), 0.9, 0.1),
+            r"motef_track_: G_mean has shape \[3\] but g has shape \[8\]",
+        ),
+        (
+            lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.0, 0.1),
+            r"motef_track_: lam \(0\) must be in \(0, 1\]",
+        ),
+        (
+            lambda t: ops.motef_track_(t, t.clone(), t.clone(), t, t, 0.5, 1.5),
+            r"motef_track_: gamma \(1.5\) must be in \(0, 1\]",
+        ),
+        (
+            lambda t: ops.motef_track_(t, t.clone().double(), t.clone(), t, t, 0.5, 0.5),
+            r"motef_track_: M has dtype Double",
+        ),
     ],
 )
 def test_motef_track_bad_arguments(call, pattern):

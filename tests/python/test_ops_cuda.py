@@ -1,6 +1,7 @@
 """Threshold Top-k (the hint every Top-k op reads and rewrites, kernels/topk_hint.h), and the
 CUDA Top-k, dense and method ops against the CPU reference, bit for bit (Clip21's factor to a
 relative 1e-6). The CUDA tests skip without a GPU."""
+
 import pytest
 import torch
 from compositions import econtrol_step, ef21_sgdm_step, ef_step
@@ -122,7 +123,10 @@ def test_cuda_hinted_encode_equals_the_exact_one_at_ten_million(dtype, select, m
         gpu_states = lambda: [s.cuda() for s in states]  # noqa: E731
         exact = _flat(call(x.cuda(), gpu_states(), None))
         if name in ("topk", "ef21"):
-            assert all(torch.equal(a.cpu(), b) for a, b in zip(exact, _flat(call(x.clone(), [s.clone() for s in states], None)))), name
+            assert all(
+                torch.equal(a.cpu(), b)
+                for a, b in zip(exact, _flat(call(x.clone(), [s.clone() for s in states], None)))
+            ), name
         fresh = ops.topk_threshold_hint("cuda")
         assert all(torch.equal(a, b) for a, b in zip(_flat(call(x.cuda(), gpu_states(), fresh)), exact)), name
         assert fresh[1].item() == 1.0, name
@@ -329,7 +333,9 @@ def test_cuda_decode_of_a_malformed_message_does_not_crash():
 def test_cuda_decode_matches_cpu_exactly(world, dtype):
     numel, k = 2**20 + 3, 10486
     gen = torch.Generator().manual_seed(world)
-    messages = torch.stack([ops.topk_encode_(torch.randn(numel, generator=gen).to(dtype), None, k) for _ in range(world)])
+    messages = torch.stack(
+        [ops.topk_encode_(torch.randn(numel, generator=gen).to(dtype), None, k) for _ in range(world)]
+    )
     h = torch.randn(numel, generator=gen).to(dtype)
     h_gpu = h.cuda()
     ops.topk_decode_add_(h, messages, k)
@@ -356,7 +362,9 @@ def test_cuda_dense_matches_cpu(numel, dtype):
     m_gpu = ops.dense_encode_(g.cuda(), h_gpu, 0.5)
     value_bytes = numel * g.element_size()
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(m_gpu[:value_bytes].view(dtype).cpu(), m_cpu[:value_bytes].view(dtype), rtol=1e-6 + eps, atol=0)
+    torch.testing.assert_close(
+        m_gpu[:value_bytes].view(dtype).cpu(), m_cpu[:value_bytes].view(dtype), rtol=1e-6 + eps, atol=0
+    )
     g[::5] = float("inf")
     h_cpu[::10] = float("inf")  # inf - inf: NaN
     h_gpu = h_cpu.cuda()

@@ -2,6 +2,7 @@
 blocks and arbitrary headers, stochastic rounding streams, Rand-k's indices (uniform, distinct,
 shared or per rank, O(k) work), opcheck, bad arguments, and CUDA/CPU parity (skipped without a
 GPU)."""
+
 import itertools
 import math
 import time
@@ -193,7 +194,9 @@ def test_randk_indices_shared_distinct_uniform_and_fresh_each_step():
     for numel in (100, 1000):
         counts = torch.zeros(numel)
         for step in range(400):
-            counts.index_add_(0, ops.randk_indices(torch.zeros(numel), numel // 10, 1, step, 0), torch.ones(numel // 10))
+            counts.index_add_(
+                0, ops.randk_indices(torch.zeros(numel), numel // 10, 1, step, 0), torch.ones(numel // 10)
+            )
         expected = 400 * 0.1
         chi2 = float(((counts - expected) ** 2 / expected).sum())
         dof = numel - 1
@@ -305,29 +308,58 @@ def test_opcheck_quantizer_and_randk_ops(device):
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda: _quantize(torch.ones(64), "bits", 7, 64, True), r"quant_encode_: scheme \('bits'\) must be one of 'qsgd', 'natural', 'sign', 'int8', 'fp8', 'int4'"),
+        (
+            lambda: _quantize(torch.ones(64), "bits", 7, 64, True),
+            r"quant_encode_: scheme \('bits'\) must be one of 'qsgd', 'natural', 'sign', 'int8', 'fp8', 'int4'",
+        ),
         (lambda: _quantize(torch.ones(64), "qsgd", 7, 48, True), r"block \(48\)"),
         (lambda: _quantize(torch.ones(64), "qsgd", 0, 64, True), r"levels \(0\) must be in \[1, 127\] for qsgd"),
-        (lambda: _quantize(torch.ones(64), "qsgd", 7, 64, False), r"stochastic \(false\) must be true for scheme 'qsgd'"),
-        (lambda: _quantize(torch.ones(64), "sign", 0, 64, True), r"stochastic \(true\) must be false for scheme 'sign'"),
+        (
+            lambda: _quantize(torch.ones(64), "qsgd", 7, 64, False),
+            r"stochastic \(false\) must be true for scheme 'qsgd'",
+        ),
+        (
+            lambda: _quantize(torch.ones(64), "sign", 0, 64, True),
+            r"stochastic \(true\) must be false for scheme 'sign'",
+        ),
         (lambda: _quantize(torch.ones(64), "int8", 0, 64, True, 0, -1), r"step \(-1\)"),
         (lambda: _quantize(torch.ones(64), "int8", 0, 64, True, 0, 0, 0, -2), r"rank \(-2\)"),
         (lambda: _quantize(torch.ones(64, dtype=torch.int32), "int8", 0, 64, True), r"quant_encode_: a has dtype Int"),
-        (lambda: ops.quant_encode_(torch.ones(64), torch.ones(32), "int8", 0, 64, False, 0, 0, 0, 0),
-         r"quant_encode_: b has shape \[32\] but a has shape \[64\]"),
-        (lambda: ops.quant_encode_(torch.ones(64), None, "int8", 0, 64, False, 0, 0, 0, 0, float("inf")), r"scale \(inf\)"),
-        (lambda: ops.quant_decode_add_(torch.zeros(64), torch.zeros(2, 8, dtype=torch.uint8), "int8", 0, 64),
-         r"gathered rows have 8 bytes.*68 bytes"),
-        (lambda: ops.quant_decode_add_(torch.zeros(64), torch.zeros(2, 68, dtype=torch.uint8), "int8", 0, 64, 1.0, torch.ones(1)),
-         r"weights has 1 entries"),
-        (lambda: ops.quant_decode_add_(torch.zeros(64), torch.zeros(1, 68, dtype=torch.uint8), "int8", 0, 64, float("inf")),
-         r"scale \(inf\)"),
+        (
+            lambda: ops.quant_encode_(torch.ones(64), torch.ones(32), "int8", 0, 64, False, 0, 0, 0, 0),
+            r"quant_encode_: b has shape \[32\] but a has shape \[64\]",
+        ),
+        (
+            lambda: ops.quant_encode_(torch.ones(64), None, "int8", 0, 64, False, 0, 0, 0, 0, float("inf")),
+            r"scale \(inf\)",
+        ),
+        (
+            lambda: ops.quant_decode_add_(torch.zeros(64), torch.zeros(2, 8, dtype=torch.uint8), "int8", 0, 64),
+            r"gathered rows have 8 bytes.*68 bytes",
+        ),
+        (
+            lambda: ops.quant_decode_add_(
+                torch.zeros(64), torch.zeros(2, 68, dtype=torch.uint8), "int8", 0, 64, 1.0, torch.ones(1)
+            ),
+            r"weights has 1 entries",
+        ),
+        (
+            lambda: ops.quant_decode_add_(
+                torch.zeros(64), torch.zeros(1, 68, dtype=torch.uint8), "int8", 0, 64, float("inf")
+            ),
+            r"scale \(inf\)",
+        ),
         (lambda: ops.randk_encode_(torch.ones(10), None, 11, 0, 0, 0), r"randk_encode_: k \(11\) exceeds"),
         (lambda: ops.randk_encode_(torch.ones(10), None, 0, 0, 0, 0), r"k \(0\) must be at least 1"),
-        (lambda: ops.randk_encode_(torch.ones(10), None, 2, 0, 0, 0, rank=-1), r"randk_encode_: rank \(-1\) must be non-negative"),
+        (
+            lambda: ops.randk_encode_(torch.ones(10), None, 2, 0, 0, 0, rank=-1),
+            r"randk_encode_: rank \(-1\) must be non-negative",
+        ),
         (lambda: ops.randk_indices(torch.ones(10), 2, 0, -3, 0), r"randk_indices: step \(-3\) must be non-negative"),
-        (lambda: ops.randk_decode_add_(torch.zeros(10), torch.zeros(1, 8, dtype=torch.uint8), 3, 0, 0, 0),
-         r"Rand-k message of k=3"),
+        (
+            lambda: ops.randk_decode_add_(torch.zeros(10), torch.zeros(1, 8, dtype=torch.uint8), 3, 0, 0, 0),
+            r"Rand-k message of k=3",
+        ),
         (lambda: ops.message_nbytes("quant", 0, torch.float32, scheme="int8", block=64), r"numel \(0\)"),
     ],
 )
@@ -338,9 +370,19 @@ def test_bad_op_arguments_raise_errors_naming_them(call, pattern):
 
 # ---- CUDA against the CPU reference, bit for bit ----
 
-SCHEMES = [("qsgd", 1, True), ("qsgd", 7, True), ("qsgd", 127, True), ("natural", 0, True), ("sign", 0, False),
-           ("int8", 0, False), ("int8", 0, True), ("fp8", 0, False), ("fp8", 0, True), ("int4", 0, False),
-           ("int4", 0, True)]
+SCHEMES = [
+    ("qsgd", 1, True),
+    ("qsgd", 7, True),
+    ("qsgd", 127, True),
+    ("natural", 0, True),
+    ("sign", 0, False),
+    ("int8", 0, False),
+    ("int8", 0, True),
+    ("fp8", 0, False),
+    ("fp8", 0, True),
+    ("int4", 0, False),
+    ("int4", 0, True),
+]
 
 
 @requires_cuda
@@ -358,12 +400,16 @@ def test_cuda_quantize_and_decode_match_cpu_exactly(scheme, levels, stochastic, 
     args = (scheme, levels, block, stochastic, 123, 4, 5, 1)
     cpu = ops.quant_encode_(x, None, *args)
     assert torch.equal(ops.quant_encode_(x.cuda(), None, *args).cpu(), cpu)
-    gathered = torch.stack([cpu, ops.quant_encode_(x * 0.5, None, *args), ops.quant_encode_(-x, None, *args), cpu.flip(0)])
+    gathered = torch.stack(
+        [cpu, ops.quant_encode_(x * 0.5, None, *args), ops.quant_encode_(-x, None, *args), cpu.flip(0)]
+    )
     for weights, scale in ((None, 1.0), (torch.tensor([0.5, 0.25, -1.0, 2.0]), 0.75)):
         h = torch.randn(numel, generator=torch.Generator().manual_seed(1)).to(dtype)
         h_cuda = h.cuda()
         ops.quant_decode_add_(h, gathered, scheme, levels, block, scale, weights)
-        ops.quant_decode_add_(h_cuda, gathered.cuda(), scheme, levels, block, scale, None if weights is None else weights.cuda())
+        ops.quant_decode_add_(
+            h_cuda, gathered.cuda(), scheme, levels, block, scale, None if weights is None else weights.cuda()
+        )
         assert torch.equal(h_cuda.cpu().view(torch.uint8), h.view(torch.uint8))
 
 

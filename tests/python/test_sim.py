@@ -1,4 +1,5 @@
 """The simulator reproduces known results, through the same method ops as the DDP hook."""
+
 import math
 from pathlib import Path
 
@@ -86,7 +87,9 @@ def test_the_arithmetic_mean_step_size_speeds_ef21_up_by_the_ratio_of_the_step_s
     # When written: 674 and 245 steps, 2.75x measured against 2.70x predicted (L_QM / L_AM:
     # 2.90). On the figure's problem (d = 100, Top-10): 2521 / 894 = 2.82x against 2.80x.
     assert reached["qm"] / reached["am"] == pytest.approx(predicted, rel=0.05)
-    assert abs(reached["qm"] / reached["am"] - predicted) < abs(reached["qm"] / reached["am"] - problem.L_qm / problem.L_am)
+    assert abs(reached["qm"] / reached["am"] - predicted) < abs(
+        reached["qm"] / reached["am"] - problem.L_qm / problem.L_am
+    )
 
 
 NOISY = problems.with_gradient_noise(problems.quadratic([1.0, 1.0, 1.0, 10.0], d=20), sigma=1.0)
@@ -103,7 +106,10 @@ def test_ef21_sgdm_beats_ef21_sgd_with_small_batches():
     batch size 1, Top-2, both at EF21's theory step. Isolating the cause: eta = 1 is EF21."""
     compressor = TopK(k=2)
     lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
-    floors = {name: noise_floor(m, compressor, lr, steps=900, tail=300) for name, m in (("ef21", "ef21"), ("sgdm", EF21SGDM(eta=0.1)))}
+    floors = {
+        name: noise_floor(m, compressor, lr, steps=900, tail=300)
+        for name, m in (("ef21", "ef21"), ("sgdm", EF21SGDM(eta=0.1)))
+    }
     # When written: ef21 0.41, ef21-sgdm (eta 0.1) 0.077.
     assert floors["sgdm"] < 0.3 * floors["ef21"]
     eta_one = sim.simulate(NOISY, EF21SGDM(eta=1.0), compressor, steps=100, lr=lr, batch_size=1, seed=1)
@@ -159,7 +165,10 @@ def test_ef21_family_converges_where_ef_stalls_on_heterogeneous_quadratics():
     problem = problems.quadratic(HETEROGENEOUS_L, d=20)
     compressor = TopK(k=1)
     lr = 16 * sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_qm)
-    runs = {name: sim.simulate(problem, m, compressor, steps=600, lr=lr).grad_norm_sq for name, m in (("ef", "ef"), ("econtrol", EControl()), ("ef21", "ef21"))}
+    runs = {
+        name: sim.simulate(problem, m, compressor, steps=600, lr=lr).grad_norm_sq
+        for name, m in (("ef", "ef"), ("econtrol", EControl()), ("ef21", "ef21"))
+    }
     ef = runs["ef"]
     # When written: start 1085; ef 0.35 (0.26 at 1200 steps, 0.26 at 2400); econtrol 4.4e-5,
     # ef21 2.9e-10.
@@ -175,7 +184,10 @@ def test_econtrol_controls_the_noise_that_ef21_amplifies():
     default eta (the compressor's alpha, k/d), settles at a lower ||grad f||^2 than EF21."""
     compressor = TopK(k=1)
     lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
-    floors = {name: noise_floor(m, compressor, lr, steps=1500, tail=500) for name, m in (("ef21", "ef21"), ("econtrol", EControl()))}
+    floors = {
+        name: noise_floor(m, compressor, lr, steps=1500, tail=500)
+        for name, m in (("ef21", "ef21"), ("econtrol", EControl()))
+    }
     # When written: ef21 0.45, econtrol 0.17.
     assert floors["econtrol"] < 0.5 * floors["ef21"], floors
 
@@ -232,7 +244,12 @@ def test_figures_command_writes_pngs(tmp_path, capsys):
     """Two figures at a tiny scale (drawing all of them takes about a minute); every figure
     is shown in the README's simulator section."""
     figures.main(["--out", str(tmp_path), "--scale", "0.01", "--only", "counterexample", "newton"])
-    assert capsys.readouterr().out.split() == ["wrote", str(tmp_path / "counterexample.png"), "wrote", str(tmp_path / "newton.png")]
+    assert capsys.readouterr().out.split() == [
+        "wrote",
+        str(tmp_path / "counterexample.png"),
+        "wrote",
+        str(tmp_path / "newton.png"),
+    ]
     assert all((tmp_path / name).stat().st_size > 10_000 for name in ("counterexample.png", "newton.png"))
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert [name for name in figures.FIGURES if f"(docs/figures/{name}.png)" not in readme] == []
@@ -289,8 +306,14 @@ def test_ef21_converges_with_every_contractive_compressor():
     the non-convex logistic problem (d = 50) to zero."""
     problem = problems.logistic_nonconvex(**LOGISTIC)
     compressors = (
-        RandK(k=4), RandK(k=4, window=True), ScaledSign(block=32), Natural(block=32), Int8(block=32),
-        FP8(block=32), QSGD(levels=1, block=32).scaled(), Induced(TopK(k=2), RandK(k=4, unbiased=True)).scaled(),
+        RandK(k=4),
+        RandK(k=4, window=True),
+        ScaledSign(block=32),
+        Natural(block=32),
+        Int8(block=32),
+        FP8(block=32),
+        QSGD(levels=1, block=32).scaled(),
+        Induced(TopK(k=2), RandK(k=4, unbiased=True)).scaled(),
     )
     for compressor in compressors:
         h = sim.simulate(problem, "ef21", compressor, steps=200, lr=0.5)

@@ -1,4 +1,5 @@
 """Asynchronous SGD with heterogeneous speeds and data, in simulated time (efcomm.asynchrony)."""
+
 import pytest
 
 from efcomm import problems

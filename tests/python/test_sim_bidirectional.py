@@ -1,4 +1,5 @@
 """Bidirectional compression, bits counted both ways (efcomm.bidirectional)."""
+
 import pytest
 
 from efcomm import Identity, TopK, problems, sim
@@ -22,7 +23,10 @@ def test_compressing_the_broadcast_cuts_the_bits_both_ways():
     """EF21-BC (Fatkhullin et al. 2021, arXiv 2110.03294): the server's own EF21 mechanism on
     what it broadcasts keeps EF21's convergence, so the bits a worker sends and receives to
     reach an accuracy fall when the broadcast is compressed too."""
-    runs = {name: ef21_bc(PROBLEM, TopK(k=2), server, steps=150, lr=0.5) for name, server in (("dense", Identity()), ("top2", TopK(k=2)))}
+    runs = {
+        name: ef21_bc(PROBLEM, TopK(k=2), server, steps=150, lr=0.5)
+        for name, server in (("dense", Identity()), ("top2", TopK(k=2)))
+    }
     reached = {name: sim.steps_to_reach(t, 1e-8 * t.grad_norm_sq[0]) for name, t in runs.items()}
     assert None not in reached.values(), reached
     bits = {name: total_bits(runs[name], reached[name]) for name in runs}

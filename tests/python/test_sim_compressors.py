@@ -1,5 +1,6 @@
 """Issue 14 item 5, the compressors of the papers' settings: Rand-k with independent per-rank
 indices beside the shared one, and non-uniform (importance-sampled) Rand-k."""
+
 import torch
 
 from efcomm import NonUniformRandK, RandK, problems, sim
@@ -19,8 +20,10 @@ def test_independent_rand_k_leaves_the_noise_floor_that_shared_indices_remove():
     independent compressors per worker). efcomm's default Rand-k shares its indices: the mean
     of the messages is the Rand-k of the mean gradient, which vanishes at x*, so the floor
     goes; with independent indices (shared=False, the papers' setting) it stays."""
-    runs = {shared: sim.simulate(PROBLEM, "none", RandK(k=4, unbiased=True, shared=shared), steps=700, lr=0.02)
-            for shared in (True, False)}
+    runs = {
+        shared: sim.simulate(PROBLEM, "none", RandK(k=4, unbiased=True, shared=shared), steps=700, lr=0.02)
+        for shared in (True, False)
+    }
     # When written: shared 6.6e-9, independent 3.5 (mean of the last 100 of 700 steps; at lr
     # 0.01 and 1500 steps 1.4e-9 and 1.76: the floor falls with the step, as the theory says).
     assert tail(runs[True]) < 1e-6

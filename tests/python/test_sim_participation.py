@@ -1,4 +1,5 @@
 """Partial participation under arbitrary distributions over the workers (efcomm.participation)."""
+
 import pytest
 import torch
 
@@ -74,7 +75,9 @@ def test_ef21_pp_with_everyone_taking_part_is_ef21():
 def test_samplings_reject_impossible_distributions():
     with pytest.raises(ValueError, match=r"every one of the 2 workers needs a participation probability in \(0, 1\]"):
         Sampling.independent([0.0, 1.0])
-    with pytest.raises(ValueError, match=r"probs \(\[0.5, 0.6\]\) must be one non-negative number per subset, summing to 1"):
+    with pytest.raises(
+        ValueError, match=r"probs \(\[0.5, 0.6\]\) must be one non-negative number per subset, summing to 1"
+    ):
         Sampling.explicit(2, [[0], [1]], [0.5, 0.6])
     with pytest.raises(ValueError, match=r"tau \(4\) must be in \[1, 3\]"):
         Sampling.nice(3, 4)

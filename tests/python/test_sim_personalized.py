@@ -1,4 +1,5 @@
 """Partially personalized learning with local steps (efcomm.personalized)."""
+
 from efcomm import problems, sim
 from efcomm.personalized import fedavg, local_training
 

@@ -1,4 +1,5 @@
 """EF21 when features are rare (efcomm.problems.rare_features)."""
+
 import pytest
 import torch
 

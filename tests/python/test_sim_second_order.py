@@ -1,5 +1,6 @@
 """Newton-type methods with compressed Hessians on generalized linear models
 (efcomm.second_order)."""
+
 import pytest
 import torch
 

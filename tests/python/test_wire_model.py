@@ -1,10 +1,19 @@
 """The wire model's formulas on cases computed by hand, its break-even bandwidth, and its CLI."""
+
 import json
 
 import pytest
 
 from efcomm import wire_model
-from efcomm.wire_model import ALL_GATHER, ALL_REDUCE, BreakEven, Exchange, break_even, link_bytes, predicted_step_seconds
+from efcomm.wire_model import (
+    ALL_GATHER,
+    ALL_REDUCE,
+    BreakEven,
+    Exchange,
+    break_even,
+    link_bytes,
+    predicted_step_seconds,
+)
 
 # A GPT-2-sized case, by hand. Dense: D = 500 MB all-reduced, measured step T0 = 100 ms.
 # efcomm: a 10 MB message all-gathered, measured step 110 ms (10 ms of compute overhead).
@@ -48,7 +57,8 @@ def test_break_even_times_are_equal_for_every_world(world):
     be = break_even(hook, DENSE, world)
     if be.bandwidth is not None:
         assert predicted_step_seconds(hook, world, be.bandwidth) == pytest.approx(
-            predicted_step_seconds(DENSE, world, be.bandwidth), rel=1e-12)
+            predicted_step_seconds(DENSE, world, be.bandwidth), rel=1e-12
+        )
 
 
 def test_all_gather_loses_at_scale():
@@ -79,8 +89,10 @@ def test_bad_arguments_name_the_value():
 
 
 def _results():
-    hooks = [{"name": e.name, "collective": e.collective, "bytes_per_step": e.bytes_per_step, "median_s": e.step_seconds}
-             for e in (DENSE, EFCOMM)]
+    hooks = [
+        {"name": e.name, "collective": e.collective, "bytes_per_step": e.bytes_per_step, "median_s": e.step_seconds}
+        for e in (DENSE, EFCOMM)
+    ]
     return {"models": [{"name": "gpt2", "hooks": hooks}]}
 
 

@@ -1,5 +1,6 @@
 """efcomm: compressed DDP gradient communication with error feedback (EF21 and its relatives;
 Top-k, Rand-k and quantizers)."""
+
 from . import compressors, methods, ops  # efcomm.sim and efcomm.problems are imported on use
 from .bucket_state import BucketState
 from .compressors import *  # noqa: F401,F403  (every registered compressor: TopK, RandK, QSGD, ...)
@@ -9,6 +10,17 @@ from .smoothness import estimate_smoothness
 from .state import EFState
 from .stats import CommStats
 
-__all__ = ["compressors", "methods", "ops", "estimate_smoothness", "EFState", "BucketState", "CommStats",
-           "METHODS", "Method", "ef_hook", "register"] + compressors.__all__
+__all__ = [
+    "compressors",
+    "methods",
+    "ops",
+    "estimate_smoothness",
+    "EFState",
+    "BucketState",
+    "CommStats",
+    "METHODS",
+    "Method",
+    "ef_hook",
+    "register",
+] + compressors.__all__
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """Loads efcomm's native op library. A missing or broken build raises: it never falls back."""
+
 import importlib.machinery
 from pathlib import Path
 

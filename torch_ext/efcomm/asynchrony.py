@@ -20,6 +20,7 @@ One departure: for ``random`` and ``shuffle`` the authors' code evaluates the ne
 data of the worker that just delivered (``local_gradient(x, self.last_idx, rng)``); here a
 worker always computes the gradient of its own f_i, as the paper's setting states.
 """
+
 import math
 from collections import deque
 from typing import Optional
@@ -86,7 +87,9 @@ def asynchronous_sgd(
     return trace
 
 
-def shuffled_sgd(problem: Problem, epochs: int, lr: float, reshuffle: bool = True, batch: int = 1, seed: int = 0) -> Trace:
+def shuffled_sgd(
+    problem: Problem, epochs: int, lr: float, reshuffle: bool = True, batch: int = 1, seed: int = 0
+) -> Trace:
     """Incremental SGD over the workers' functions in a permuted order, ``batch`` workers per
     step (x <- x - lr mean of their gradients): random reshuffling (a new permutation every
     epoch) or, with ``reshuffle=False``, shuffle-once (one permutation for the whole run).

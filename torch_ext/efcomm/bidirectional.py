@@ -14,13 +14,17 @@ w is the estimate of h that every worker holds (the same on every rank, as efcom
 the hook). Starts as efcomm's EF21 does: one dense exchange each way (h_i = g_i(x_0),
 h = w = mean). With the identity as C_s, w = h and the method is EF21.
 """
+
 import math
 
 from .compressors import Compressor
 from .problems import Problem
 from .simkit import Trace, apply_compressor, record
 
-def ef21_bc(problem: Problem, worker_compressor: Compressor, server_compressor: Compressor, steps: int, lr: float, seed: int = 0) -> Trace:
+
+def ef21_bc(
+    problem: Problem, worker_compressor: Compressor, server_compressor: Compressor, steps: int, lr: float, seed: int = 0
+) -> Trace:
     """EF21-BC. ``bits_per_worker``: what each worker sent (mean); ``bits_down``: what each
     worker received from the server's broadcasts. The server's random streams are keyed as
     a rank of its own (rank n, bucket 1)."""
@@ -52,4 +56,3 @@ def ef21_bc(problem: Problem, worker_compressor: Compressor, server_compressor: 
 def total_bits(trace: Trace, t: int) -> float:
     """Bits one worker sent and received up to record t."""
     return trace.bits_per_worker[t] + trace.bits_down[t]
-

@@ -6,6 +6,7 @@ Method states are per coordinate, so they can be re-laid out by parameter: that 
 state follows DDP's rebuild after the first iteration, and how a resumed run, which starts
 from DDP's initial layout again, continues exactly where the saved run stopped.
 """
+
 import functools
 import math
 import zlib
@@ -110,10 +111,7 @@ def covering_states(sources: list, signature: tuple) -> Optional[list]:
     if not _named(signature):
         return None
     position = {param: i for i, param in enumerate(signature[2])}
-    parts = [
-        s for s in sources
-        if s.loaded and s.signature[0] == signature[0] and all(p in position for p in s.params)
-    ]
+    parts = [s for s in sources if s.loaded and s.signature[0] == signature[0] and all(p in position for p in s.params)]
     covered = sorted(position[p] for s in parts for p in s.params)
     if covered != list(range(len(position))):
         return None

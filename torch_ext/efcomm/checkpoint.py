@@ -13,6 +13,7 @@ reads the entry of saved rank r when there is one, else of saved rank r mod n (n
 ranks); the hook then re-forms the per-rank tensors on every rank alike before its first
 exchange (efcomm.state.EFState.load_state_dict).
 """
+
 from typing import Optional
 
 import torch
@@ -34,12 +35,12 @@ def saved_ranks(checkpoint_id, key: str = KEY) -> list:
     """The ranks whose efcomm state a DCP checkpoint holds (under ``key``)."""
     metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
     prefix = f"{key}.ranks."
-    return sorted({int(fqn[len(prefix) :].split(".")[0]) for fqn in metadata.state_dict_metadata if fqn.startswith(prefix)})
+    return sorted(
+        {int(fqn[len(prefix) :].split(".")[0]) for fqn in metadata.state_dict_metadata if fqn.startswith(prefix)}
+    )
 
 
-def load(
-    state: EFState, checkpoint_id, process_group: Optional[dist.ProcessGroup] = None, key: str = KEY
-) -> int:
+def load(state: EFState, checkpoint_id, process_group: Optional[dist.ProcessGroup] = None, key: str = KEY) -> int:
     """Loads ``state`` from a DCP checkpoint saved at any world size (every rank calls it);
     returns the saved rank whose entry this rank read."""
     metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()

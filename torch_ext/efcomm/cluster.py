@@ -2,6 +2,7 @@
 step with the in-process transport. The simulator runs its workers this way, and the tests
 check the step logic (every method, resume, layout changes, non-finite steps) this way
 without starting processes: it is the hook's step, minus DDP."""
+
 from typing import Optional
 
 import torch
@@ -41,10 +42,12 @@ class Cluster:
     def create(cls, world: int, method="ef21", compressor=None, **options) -> "Cluster":
         """``world`` ranks of one configuration; ``hierarchy=L``: nodes of L ranks."""
         local_size = options.pop("hierarchy", None)
-        return cls([
-            EFState(method, compressor, hierarchy=None if local_size is None else Hierarchy(local_size), **options)
-            for _ in range(world)
-        ])
+        return cls(
+            [
+                EFState(method, compressor, hierarchy=None if local_size is None else Hierarchy(local_size), **options)
+                for _ in range(world)
+            ]
+        )
 
     @property
     def world(self) -> int:
@@ -64,7 +67,11 @@ class Cluster:
         steps = []
         for rank, (state, g) in enumerate(zip(self.states, grads)):
             bucket = BucketInput(g, signature, Worker(rank, self.world), g.numel() * g.element_size(), last)
-            steps.append(bucket_step(state, bucket) if self.local_size is None else hierarchical_step(state, bucket, self.local_size))
+            steps.append(
+                bucket_step(state, bucket)
+                if self.local_size is None
+                else hierarchical_step(state, bucket, self.local_size)
+            )
         return self.transport.run(steps)
 
     def step(self, buckets: list) -> list:
@@ -82,4 +89,3 @@ class Cluster:
 def outputs_identical(outs: list) -> bool:
     """Whether every rank's output is the same bits (the hook's contract)."""
     return all(torch.equal(o, outs[0]) for o in outs[1:])
-

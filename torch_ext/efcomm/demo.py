@@ -7,6 +7,7 @@ Without a GPU it runs over gloo on the CPU; with GPUs it uses NCCL, one rank per
 The data is generated (a random teacher network labels Gaussian inputs): nothing is
 downloaded. The training itself is efcomm.harness, which the multi-process tests drive too.
 """
+
 import argparse
 from dataclasses import replace
 from typing import Optional
@@ -87,15 +88,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m efcomm.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--world-size", type=_positive(int), default=4,
-                        help="number of ranks (capped at the GPU count with NCCL)")
+    parser.add_argument(
+        "--world-size", type=_positive(int), default=4, help="number of ranks (capped at the GPU count with NCCL)"
+    )
     parser.add_argument("--steps", type=_positive(int), default=500)
     parser.add_argument("--ratio", type=_ratio, default=0.1, help="k/d per bucket for topk and randk, in (0, 1]")
-    parser.add_argument("--method", default="ef21", choices=sorted(m for m in METHODS if m != "ef21-w"),
-                        help="the error-feedback method of the compressed run")
-    parser.add_argument("--compressor", default="topk", choices=sorted(DEMO_COMPRESSORS),
-                        help="the compressor of the compressed run (unbiased ones are scaled for the EF methods; "
-                             "lag, clip21 and adacgd take none)")
+    parser.add_argument(
+        "--method",
+        default="ef21",
+        choices=sorted(m for m in METHODS if m != "ef21-w"),
+        help="the error-feedback method of the compressed run",
+    )
+    parser.add_argument(
+        "--compressor",
+        default="topk",
+        choices=sorted(DEMO_COMPRESSORS),
+        help="the compressor of the compressed run (unbiased ones are scaled for the EF methods; "
+        "lag, clip21 and adacgd take none)",
+    )
     parser.add_argument("--lr", type=_positive(float), default=TrainConfig.lr)
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     args = parser.parse_args(argv)
@@ -129,7 +139,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     dense_bytes, sent = result["dense_bytes"], result["bytes_sent"]
     rows = [
         ("dense all-reduce", f"{dense['train_loss']:.4f}", f"{dense['test_accuracy']:.2%}", f"{dense_bytes:,}", "1.0x"),
-        (label, f"{result['train_loss']:.4f}", f"{result['test_accuracy']:.2%}", f"{sent:,}", f"{dense_bytes / sent:.1f}x"),
+        (
+            label,
+            f"{result['train_loss']:.4f}",
+            f"{result['test_accuracy']:.2%}",
+            f"{sent:,}",
+            f"{dense_bytes / sent:.1f}x",
+        ),
     ]
     print(_table(rows))
 

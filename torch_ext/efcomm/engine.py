@@ -21,6 +21,7 @@ Every exchange a step yields depends only on the bucket's size and the configura
 values every rank has alike (the gathered choices), never on this rank's data: ranks that
 run out of data under DDP's Join still take part in every collective.
 """
+
 import weakref
 from dataclasses import dataclass
 from typing import Generator, Optional
@@ -254,7 +255,9 @@ def _lazy_step(state, segments: list, bucket: BucketInput) -> Step:
             if rank == worker.rank:
                 sent_bytes += size
             senders.append(rank)
-            rows.append(message if rank == worker.rank else torch.empty(size, dtype=torch.uint8, device=bucket.g.device))
+            rows.append(
+                message if rank == worker.rank else torch.empty(size, dtype=torch.uint8, device=bucket.g.device)
+            )
     state.stats.record(sent_bytes, bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     if senders:

@@ -1,6 +1,7 @@
 """The simulator's reproduction figures: ``python -m efcomm.sim --out docs/figures`` (or
 ``python -m efcomm.figures``) draws every figure of the README's simulator section; each
 draws a claim that tests/python/test_sim*.py asserts at smaller sizes."""
+
 import argparse
 from pathlib import Path
 from typing import Optional

@@ -1,14 +1,20 @@
 """Figures of the error-feedback family's claims (asserted by tests/python/test_sim.py and
 test_sim_rare_features.py, at smaller sizes). Each function draws one figure into ``out``
 at run lengths times ``scale`` and returns its path."""
+
 from pathlib import Path
 
 from .compressors import QSGD, Identity, Induced, Natural, RandK, ScaledSign, TopK
 from .methods import EF21SGDM, EF21W, LAG, EControl, MoTEF
 from .plots import semilogy, steps
 from .problems import (
-    beznosikov_counterexample, ill_conditioned_quadratic, logistic_nonconvex, quadratic, rare_features,
-    rare_features_smoothness, with_gradient_noise,
+    beznosikov_counterexample,
+    ill_conditioned_quadratic,
+    logistic_nonconvex,
+    quadratic,
+    rare_features,
+    rare_features_smoothness,
+    with_gradient_noise,
 )
 from .sim import ef21_stepsize, simulate
 
@@ -22,7 +28,10 @@ def _kbits(history) -> list:
 
 def counterexample(out: Path, scale: float) -> Path:
     problem = beznosikov_counterexample()
-    curves = [(m, None, simulate(problem, m, TopK(k=1), steps=steps(2000, scale), lr=0.01).x_norm) for m in ("none", "ef", "ef21")]
+    curves = [
+        (m, None, simulate(problem, m, TopK(k=1), steps=steps(2000, scale), lr=0.01).x_norm)
+        for m in ("none", "ef", "ef21")
+    ]
     return semilogy(out / "counterexample.png", "Beznosikov et al. 2020, Top-1, lr 0.01", "step", "||x - x*||", curves)
 
 
@@ -36,7 +45,10 @@ def quadratic_stepsizes(out: Path, scale: float) -> Path:
         ("EF21, arithmetic-mean step", "ef21", am),
         ("EF21-W, arithmetic-mean step", EF21W.from_smoothness(problem.L_i), am),
     )
-    curves = [(label, None, simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr).grad_norm_sq) for label, m, lr in runs]
+    curves = [
+        (label, None, simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr).grad_norm_sq)
+        for label, m, lr in runs
+    ]
     title = f"heterogeneous quadratics, Top-10: step ratio {am / qm:.2f} (L_QM/L_AM {problem.L_qm / problem.L_am:.2f})"
     return semilogy(out / "quadratic_stepsizes.png", title, "step", GRAD, curves)
 
@@ -46,7 +58,10 @@ def econtrol_vs_ef(out: Path, scale: float) -> Path:
     compressor = TopK(k=1)
     lr = 16 * ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_qm)
     runs = (("EF", "ef"), ("EControl, eta = k/d", EControl()), ("EF21", "ef21"))
-    curves = [(label, None, simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr).grad_norm_sq) for label, m in runs]
+    curves = [
+        (label, None, simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr).grad_norm_sq)
+        for label, m in runs
+    ]
     return semilogy(out / "econtrol_vs_ef.png", "heterogeneous quadratics, Top-1, same step", "step", GRAD, curves)
 
 
@@ -54,7 +69,11 @@ def _noise_floors(path: Path, title: str, compressor, runs, scale: float) -> Pat
     problem = with_gradient_noise(quadratic([1.0, 1.0, 1.0, 10.0], d=20), sigma=1.0)
     lr = ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
     curves = [
-        (label, None, simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr, batch_size=1, seed=1).grad_norm_sq)
+        (
+            label,
+            None,
+            simulate(problem, m, compressor, steps=steps(3000, scale), lr=lr, batch_size=1, seed=1).grad_norm_sq,
+        )
         for label, m in runs
     ]
     return semilogy(path, title, "step", GRAD, curves)
@@ -62,7 +81,9 @@ def _noise_floors(path: Path, title: str, compressor, runs, scale: float) -> Pat
 
 def econtrol_noise(out: Path, scale: float) -> Path:
     runs = (("EF21", "ef21"), ("EControl, eta = k/d", EControl()))
-    return _noise_floors(out / "econtrol_noise.png", "stochastic gradients (variance 1, batch 1), Top-1 of 20", TopK(k=1), runs, scale)
+    return _noise_floors(
+        out / "econtrol_noise.png", "stochastic gradients (variance 1, batch 1), Top-1 of 20", TopK(k=1), runs, scale
+    )
 
 
 def momentum_noise(out: Path, scale: float) -> Path:
@@ -72,7 +93,9 @@ def momentum_noise(out: Path, scale: float) -> Path:
         ("MoTEF, lambda 0.05", MoTEF(gamma=0.1, lam=0.05)),
         ("MoTEF, lambda 1 (no momentum)", MoTEF(gamma=0.1, lam=1.0)),
     )
-    return _noise_floors(out / "momentum_noise.png", "stochastic gradients (variance 1, batch 1), Top-2 of 20", TopK(k=2), runs, scale)
+    return _noise_floors(
+        out / "momentum_noise.png", "stochastic gradients (variance 1, batch 1), Top-2 of 20", TopK(k=2), runs, scale
+    )
 
 
 def logistic_nonconvex_figure(out: Path, scale: float) -> Path:
@@ -123,7 +146,9 @@ def induced_bits(out: Path, scale: float) -> Path:
     for label, c, lr in runs:
         h = simulate(problem, "none", c, steps=steps(1500, scale), lr=lr)
         curves.append((label, _kbits(h), h.grad_norm_sq))
-    return semilogy(out / "induced_bits.png", "ill-conditioned quadratics, one minimiser", "kB sent per worker", GRAD, curves)
+    return semilogy(
+        out / "induced_bits.png", "ill-conditioned quadratics, one minimiser", "kB sent per worker", GRAD, curves
+    )
 
 
 def ef21_compressors(out: Path, scale: float) -> Path:
@@ -139,7 +164,13 @@ def ef21_compressors(out: Path, scale: float) -> Path:
     for label, c in runs:
         h = simulate(problem, "ef21", c, steps=steps(2000, scale), lr=0.5)
         curves.append((label, _kbits(h), h.grad_norm_sq))
-    return semilogy(out / "ef21_compressors.png", "EF21 on logistic regression (d = 50), step 0.5", "kB sent per worker", GRAD, curves)
+    return semilogy(
+        out / "ef21_compressors.png",
+        "EF21 on logistic regression (d = 50), step 0.5",
+        "kB sent per worker",
+        GRAD,
+        curves,
+    )
 
 
 def motef(out: Path, scale: float) -> Path:
@@ -150,7 +181,10 @@ def motef(out: Path, scale: float) -> Path:
         ("MoTEF per worker (paper), gamma 0.2", MoTEF(gamma=0.2, per_worker=True)),
         ("MoTEF shared iterate (hook), gamma 0.1", MoTEF(gamma=0.1)),
     )
-    curves = [(label, None, simulate(problem, m, TopK(k=10), steps=steps(2000, scale), lr=0.01).grad_norm_sq) for label, m in runs]
+    curves = [
+        (label, None, simulate(problem, m, TopK(k=10), steps=steps(2000, scale), lr=0.01).grad_norm_sq)
+        for label, m in runs
+    ]
     return semilogy(out / "motef.png", "heterogeneous quadratics, Top-10, lr 0.01", "step", GRAD, curves)
 
 
@@ -163,9 +197,21 @@ def rare_features_figure(out: Path, scale: float) -> Path:
         rare = ef21_stepsize(1 / 4, problem.L, rare_features_smoothness(problem.L_i, c))
         original = ef21_stepsize(1 / 4, problem.L, problem.L_qm)
         for label, lr in (("rare-features step", rare), ("original step", original)):
-            curves.append((f"EF21 Top-1, c = {c}, {label}", None, simulate(problem, "ef21", TopK(k=1), steps=steps(1200, scale), lr=lr).grad_norm_sq))
+            curves.append(
+                (
+                    f"EF21 Top-1, c = {c}, {label}",
+                    None,
+                    simulate(problem, "ef21", TopK(k=1), steps=steps(1200, scale), lr=lr).grad_norm_sq,
+                )
+            )
     problem = rare_features(n=6, r=4, c=1)
-    curves.append(("gradient descent, c = 1, step 1/L", None, simulate(problem, "none", Identity(), steps=steps(1200, scale), lr=1 / problem.L).grad_norm_sq))
+    curves.append(
+        (
+            "gradient descent, c = 1, step 1/L",
+            None,
+            simulate(problem, "none", Identity(), steps=steps(1200, scale), lr=1 / problem.L).grad_norm_sq,
+        )
+    )
     return semilogy(out / "rare_features.png", "least squares, 6 workers, r = 4 features each", "step", GRAD, curves)
 
 

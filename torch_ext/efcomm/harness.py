@@ -4,6 +4,7 @@ downloaded), with DDP's all-reduce or an efcomm method, over gloo on the CPU or 
 
     results = run(TrainConfig(method="ef21", steps=300), world_size=4)   # one dict per rank
 """
+
 import gc
 import socket
 import tempfile
@@ -56,9 +57,7 @@ def make_dataset(seed: int, n_train: int = 8192, n_test: int = 2048):
 
 def make_model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(INPUT_DIM, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, CLASSES)
-    )
+    return nn.Sequential(nn.Linear(INPUT_DIM, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, CLASSES))
 
 
 def _batch(shard_x, shard_y, step: int, batch_size: int):
@@ -102,7 +101,11 @@ def _train(rank: int, world_size: int, cfg: TrainConfig, result_dir: str) -> Non
         # "none" with Top-k is biased: allowed here so that its behaviour can be shown.
         compressor = cfg.compressor if cfg.compressor is not None else TopK(cfg.ratio)
         ef_state = register(
-            ddp, cfg.method, compressor, min_compress_numel=cfg.min_compress_numel, seed=cfg.seed,
+            ddp,
+            cfg.method,
+            compressor,
+            min_compress_numel=cfg.min_compress_numel,
+            seed=cfg.seed,
             allow_biased=getattr(cfg.method, "name", cfg.method) == "none",
         )
 
@@ -117,7 +120,9 @@ def _train(rank: int, world_size: int, cfg: TrainConfig, result_dir: str) -> Non
 
     loss_fn = nn.CrossEntropyLoss()
     steps = range(start, start + cfg.steps)
-    for step in tqdm(steps, desc=f"{getattr(cfg.method, 'name', cfg.method):>5}", disable=not (cfg.progress and rank == 0)):
+    for step in tqdm(
+        steps, desc=f"{getattr(cfg.method, 'name', cfg.method):>5}", disable=not (cfg.progress and rank == 0)
+    ):
         xb, yb = _batch(shard_x, shard_y, step, cfg.batch_size)
         optimizer.zero_grad()
         loss_fn(ddp(xb), yb).backward()
@@ -161,5 +166,3 @@ def run(cfg: TrainConfig, world_size: int) -> list[dict]:
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         mp.spawn(train_worker, args=(world_size, init_method, cfg, result_dir), nprocs=world_size, join=True)
         return [torch.load(Path(result_dir) / f"rank{r}.pt") for r in range(world_size)]
-
-

@@ -19,6 +19,7 @@ so EF21's h tracks the mean over nodes of the node means, which is the global me
 layout change restarts the shards' state (one dense exchange), since shards do not follow
 parameters.
 """
+
 import math
 import os
 from dataclasses import dataclass

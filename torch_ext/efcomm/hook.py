@@ -8,6 +8,7 @@ rank's :class:`efcomm.EFState` with the DDP transport (one all-gather of the fix
 messages for most methods), and writes the step's output into the bucket. Ranks check once,
 on the first bucket, that they share one configuration.
 """
+
 from typing import Optional
 
 import torch

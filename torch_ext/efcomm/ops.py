@@ -17,6 +17,7 @@ Every compressor family exposes the same two ops:
 
 Sizes come from :func:`message_nbytes`. Every NaN an op writes is the canonical quiet NaN.
 """
+
 from typing import Optional
 
 import torch
@@ -184,7 +185,9 @@ def quant_encode_(
     entries share one 4-byte header (a multiple of 32). Stochastic rounding draws from Philox
     keyed by ``seed`` and (``step``, ``bucket``, ``rank``), so a run is reproducible and ranks
     draw independently."""
-    return torch.ops.efcomm.quant_encode_.default(a, b, scheme, levels, block, stochastic, seed, step, bucket, rank, scale)
+    return torch.ops.efcomm.quant_encode_.default(
+        a, b, scheme, levels, block, stochastic, seed, step, bucket, rank, scale
+    )
 
 
 def quant_decode_add_(

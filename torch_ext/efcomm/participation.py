@@ -16,6 +16,7 @@ Compressors are reached through ``simkit.apply_compressor``. efcomm's Rand-k dra
 indices from (seed, step, bucket), the same on every rank: the analyses above assume
 independent compressors per worker, so a run with Rand-k here is not their setting.
 """
+
 import itertools
 import math
 from typing import Callable, Optional
@@ -35,8 +36,16 @@ class Sampling:
 
     def __init__(self, n: int, p: list, draw: Callable, description: str, support: Optional[list]) -> None:
         if len(p) != n or any(not 0.0 < q <= 1.0 + 1e-12 for q in p):
-            raise ValueError(f"Sampling: every one of the {n} workers needs a participation probability in (0, 1]; got {p}")
-        self.n, self.p, self._draw, self.description, self.support = n, [float(q) for q in p], draw, description, support
+            raise ValueError(
+                f"Sampling: every one of the {n} workers needs a participation probability in (0, 1]; got {p}"
+            )
+        self.n, self.p, self._draw, self.description, self.support = (
+            n,
+            [float(q) for q in p],
+            draw,
+            description,
+            support,
+        )
 
     @classmethod
     def independent(cls, p: list) -> "Sampling":
@@ -63,17 +72,31 @@ class Sampling:
         support = None
         if math.comb(n, tau) <= 4096:
             support = [(list(s), 1.0 / math.comb(n, tau)) for s in itertools.combinations(range(n), tau)]
-        return cls(n, [tau / n] * n, lambda gen: sorted(torch.randperm(n, generator=gen)[:tau].tolist()), f"{tau}-nice", support)
+        return cls(
+            n,
+            [tau / n] * n,
+            lambda gen: sorted(torch.randperm(n, generator=gen)[:tau].tolist()),
+            f"{tau}-nice",
+            support,
+        )
 
     @classmethod
     def explicit(cls, n: int, subsets: list, probs: list) -> "Sampling":
         """S = subsets[j] with probability probs[j]: any distribution, correlated ones included."""
         if len(subsets) != len(probs) or abs(sum(probs) - 1.0) > 1e-9 or min(probs) < 0:
-            raise ValueError(f"Sampling.explicit: probs ({probs}) must be one non-negative number per subset, summing to 1")
+            raise ValueError(
+                f"Sampling.explicit: probs ({probs}) must be one non-negative number per subset, summing to 1"
+            )
         support = [(sorted(set(s)), float(q)) for s, q in zip(subsets, probs)]
         p = [sum(q for s, q in support if i in s) for i in range(n)]
         weights = torch.tensor(probs, dtype=torch.float64)
-        return cls(n, p, lambda gen: support[int(torch.multinomial(weights, 1, generator=gen))][0], f"{len(subsets)} subsets", support)
+        return cls(
+            n,
+            p,
+            lambda gen: support[int(torch.multinomial(weights, 1, generator=gen))][0],
+            f"{len(subsets)} subsets",
+            support,
+        )
 
     def draw(self, generator: torch.Generator) -> list:
         """One round's participants, ascending."""
@@ -85,7 +108,9 @@ class Sampling:
         return {i: 1.0 / (self.n * self.p[i]) for i in subset}
 
 
-def dcsgd_pp(problem: Problem, compressor: Compressor, sampling: Sampling, steps: int, lr: float, seed: int = 0) -> Trace:
+def dcsgd_pp(
+    problem: Problem, compressor: Compressor, sampling: Sampling, steps: int, lr: float, seed: int = 0
+) -> Trace:
     """Compressed SGD with partial participation: x <- x - lr sum_{i in S} C(g_i) / (n p_i).
     Unbiased compressors (e.g. efcomm.Induced) make the step unbiased; ``bits_per_worker`` is
     the mean over all n workers of what they sent (non-participants send nothing)."""
@@ -108,7 +133,9 @@ def dcsgd_pp(problem: Problem, compressor: Compressor, sampling: Sampling, steps
     return trace
 
 
-def ef21_pp(problem: Problem, compressor: Compressor, sampling: Sampling, steps: int, lr: float, seed: int = 0) -> Trace:
+def ef21_pp(
+    problem: Problem, compressor: Compressor, sampling: Sampling, steps: int, lr: float, seed: int = 0
+) -> Trace:
     """EF21-PP. Starts as EF21 does in efcomm: one dense exchange, h_i = g_i(x_0), h = mean
     (32 d bits per worker), then every round x <- x - lr h and the participants' EF21 step."""
     gen = torch.Generator().manual_seed(seed)

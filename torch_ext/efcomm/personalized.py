@@ -16,6 +16,7 @@ Model Personalization", arXiv 2204.03809) with full participation; the paper's o
 algorithm was not available to us, and its claim does not depend on which local method is
 used. ``fedavg`` is the same with one shared model and nothing private (Local GD).
 """
+
 import math
 
 from .problems import Problem, SplitProblem

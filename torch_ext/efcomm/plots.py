@@ -1,4 +1,5 @@
 """The one plotting helper of the reproduction figures (matplotlib, headless)."""
+
 from pathlib import Path
 
 

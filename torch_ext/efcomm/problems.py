@@ -4,6 +4,7 @@ Each problem gives the per-worker gradients at x, the global loss f = (1/n) sum_
 smoothness constant L of f and the constants L_i of the f_i (for theory step sizes).
 Everything is generated from a seed: nothing is downloaded.
 """
+
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -108,7 +109,9 @@ def ill_conditioned_quadratic(
         return float(sum(0.5 * torch.dot(a * (x - b), x - b) for a, b in zip(diagonals, centers)) / n)
 
     L = float((sum(diagonals) / n).max())
-    return Problem("ill_conditioned_quadratic", n, d, torch.zeros(d), grads, loss, L, [float(a.max()) for a in diagonals])
+    return Problem(
+        "ill_conditioned_quadratic", n, d, torch.zeros(d), grads, loss, L, [float(a.max()) for a in diagonals]
+    )
 
 
 def logistic_nonconvex(n: int = 10, d: int = 50, m: int = 100, lam: float = 0.1, seed: int = 0) -> Problem:
@@ -167,7 +170,13 @@ def with_gradient_noise(problem: Problem, sigma: float) -> Problem:
 
 
 def logistic_glm(
-    n: int = 4, d: int = 10, m: int = 50, lam: float = 1e-3, rank: Optional[int] = None, decades: float = 0.0, seed: int = 0
+    n: int = 4,
+    d: int = 10,
+    m: int = 50,
+    lam: float = 1e-3,
+    rank: Optional[int] = None,
+    decades: float = 0.0,
+    seed: int = 0,
 ) -> Problem:
     """L2-regularised logistic regression, a generalized linear model, with its Hessians:
 
@@ -215,8 +224,17 @@ def logistic_glm(
     L_i = [float(torch.linalg.matrix_norm(a, ord=2) ** 2 / (4 * m) + lam) for a, _ in chunks]
     L = float(torch.linalg.matrix_norm(torch.cat([a for a, _ in chunks]), ord=2) ** 2 / (4 * n * m) + lam)
     return Problem(
-        "logistic_glm", n, d, torch.zeros(d), grads, loss, L, L_i,
-        hessians=hessians, features=[a for a, _ in chunks], mu=lam,
+        "logistic_glm",
+        n,
+        d,
+        torch.zeros(d),
+        grads,
+        loss,
+        L,
+        L_i,
+        hessians=hessians,
+        features=[a for a, _ in chunks],
+        mu=lam,
     )
 
 

@@ -26,6 +26,7 @@
 Symmetric matrices travel as their upper triangles. Every compressor is reached through
 ``simkit.apply_compressor``.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -173,7 +174,9 @@ def learned_bases(problem: Problem, tol: float = 1e-6) -> list:
     return bases
 
 
-def basis_learn(problem: Problem, compressor: Compressor, steps: int, model_compressor: Compressor = Identity(), seed: int = 0) -> Trace:
+def basis_learn(
+    problem: Problem, compressor: Compressor, steps: int, model_compressor: Compressor = Identity(), seed: int = 0
+) -> Trace:
     """BL1: Hessian coefficients in each worker's learned basis, learned with EF21 and
     ``compressor`` (on the upper triangle of the r_i x r_i coefficients), and the model
     broadcast through ``model_compressor`` (bits in ``bits_down``). The start costs each worker
@@ -201,7 +204,9 @@ def basis_learn(problem: Problem, compressor: Compressor, steps: int, model_comp
         down += sent
         targets = coefficients(z)
         for i in range(n):
-            c, sent = apply_compressor(compressor, (targets[i] - learned[i]).float(), seed=seed, step=step, bucket=0, rank=i)
+            c, sent = apply_compressor(
+                compressor, (targets[i] - learned[i]).float(), seed=seed, step=step, bucket=0, rank=i
+            )
             learned[i] = learned[i] + c.double()
             up += (sent + _gradient_bits(d)) / n
         record(trace, problem, z.float(), up, down)

@@ -6,6 +6,7 @@ hook uses (efcomm.methods), on problems with known constants (efcomm.problems).
 
     python -m efcomm.sim --out figures/     # draws the reproduction figures (efcomm.figures)
 """
+
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -86,11 +87,17 @@ def worker_grads_at(problem: Problem, dtype: torch.dtype, batch_size: Optional[i
     def grads_at(points):
         if all(p is points[0] for p in points):  # one shared iterate: one evaluation
             point = points[0].float()
-            grads = problem.grads(point) if batch_size is None else problem.stochastic_grads(point, batch_size, generator)
+            grads = (
+                problem.grads(point) if batch_size is None else problem.stochastic_grads(point, batch_size, generator)
+            )
             return [g.to(dtype) for g in grads]
         out = []
         for i, p in enumerate(points):
-            grads = problem.grads(p.float()) if batch_size is None else problem.stochastic_grads(p.float(), batch_size, generator)
+            grads = (
+                problem.grads(p.float())
+                if batch_size is None
+                else problem.stochastic_grads(p.float(), batch_size, generator)
+            )
             out.append(grads[i].to(dtype))
         return out
 

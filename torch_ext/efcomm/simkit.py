@@ -5,6 +5,7 @@ which they reach efcomm's compressors, and the trace they record.
 Only ``apply_compressor`` touches the compressor layer's API, so that a change of that API
 is one change here.
 """
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,7 +45,9 @@ def full_gradient(problem: Problem, x: Tensor) -> Tensor:
     return sum(g.double() for g in problem.grads(x.float())) / problem.n
 
 
-def record(trace: Trace, problem: Problem, x: Tensor, bits_up: float, bits_down: float = 0.0, time: Optional[float] = None) -> None:
+def record(
+    trace: Trace, problem: Problem, x: Tensor, bits_up: float, bits_down: float = 0.0, time: Optional[float] = None
+) -> None:
     """Appends the state at x: loss, ||grad f(x)||^2, ||x||, bits and time."""
     g = full_gradient(problem, x)
     trace.loss.append(problem.loss(x.float()))

@@ -12,6 +12,7 @@ The estimates are then all-gathered, so every rank builds the same weights.
     L = efcomm.estimate_smoothness(model, loss_fn, batches)      # one float per rank
     state = efcomm.register(ddp, efcomm.methods.EF21W.from_smoothness(L), efcomm.TopK(0.01))
 """
+
 from typing import Callable, Iterable, Optional
 
 import torch

@@ -3,6 +3,7 @@
 The DDP hook (efcomm.hook) keeps one per rank; the simulator (efcomm.sim) one per simulated
 worker. Both drive it through the step engine (efcomm.engine).
 """
+
 import dataclasses
 import json
 from typing import Optional
@@ -135,7 +136,9 @@ class EFState:
             self._compresses[key] = numel >= self.min_compress_numel and smaller
         return self._compresses[key]
 
-    def codec(self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int, device: torch.device) -> Codec:
+    def codec(
+        self, bucket_state: BucketState, numel: int, dtype: torch.dtype, rank: int, device: torch.device
+    ) -> Codec:
         """The method's compressor bound to a state layout at its current step (with the
         layout's hint when the compressor keeps one, e.g. threshold Top-k's)."""
         hint, key = None, self.wire.hint_key
@@ -248,8 +251,9 @@ class EFState:
         # Drop what belongs to this process: the group, parameter identities (id() keys), the
         # side streams, and the agreement check, which the process that unpickles must run again.
         state = dict(self.__dict__)
-        state.update(process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set(),
-                     _streams={})
+        state.update(
+            process_group=None, param_names={}, _config_checked=False, _touched=set(), _created=set(), _streams={}
+        )
         if self.hierarchy is not None:  # its groups belong to this process
             state["hierarchy"] = Hierarchy(self.hierarchy.local_size)
         state["buckets"] = {sig: dataclasses.replace(b, nonfinite=None) for sig, b in self.buckets.items()}
@@ -283,6 +287,7 @@ def agree(summaries: list) -> None:
         )
     differing = [r for r, s in enumerate(summaries) if s["loaded"] != first["loaded"]]
     if differing:
+
         def describe(r):
             loaded = summaries[r]["loaded"]
             if not loaded:

@@ -1,4 +1,5 @@
 """Communication accounting of the hook."""
+
 import warnings
 from dataclasses import dataclass, field
 
@@ -80,9 +81,7 @@ class CommStats:
         self.dense_bytes += dense
         self._step_dense += dense
         if last_bucket:
-            self.history.append(
-                {"step": self.steps, "bytes_sent": self._step_sent, "dense_bytes": self._step_dense}
-            )
+            self.history.append({"step": self.steps, "bytes_sent": self._step_sent, "dense_bytes": self._step_dense})
             self.steps += 1
             self._step_sent = 0
             self._step_dense = 0

@@ -11,6 +11,7 @@
   each exchange is served by stacking the workers' messages in rank order. The simulator
   and the in-process tests use it, so that they run exactly the hook's step.
 """
+
 from typing import Optional
 
 import torch
@@ -148,7 +149,9 @@ class InProcessTransport:
             return [list(range(n))]
         size = self.local_size
         if size is None or n % size:
-            raise RuntimeError(f"efcomm: a {group!r} exchange needs a hierarchy that divides {n} ranks (local_size={size})")
+            raise RuntimeError(
+                f"efcomm: a {group!r} exchange needs a hierarchy that divides {n} ranks (local_size={size})"
+            )
         if group == "intra":
             return [list(range(node * size, (node + 1) * size)) for node in range(n // size)]
         return [list(range(local, n, size)) for local in range(size)]

@@ -35,6 +35,7 @@ Assumptions, stated so that a reader can weigh the numbers:
 
     python -m efcomm.wire_model results/bench_ddp.json      # the tables, from a benchmark's JSON
 """
+
 import argparse
 import json
 from dataclasses import dataclass
@@ -135,9 +136,13 @@ def rows(dense: Exchange, hooks: list, worlds=WORLD_SIZES, links=LINKS) -> list[
     out = []
     for world in worlds:
         for hook in [dense] + [h for h in hooks if h is not dense]:
-            row = {"world": world, "hook": hook.name, "collective": hook.collective,
-                   "link_bytes": link_bytes(hook.collective, hook.bytes_per_step, world),
-                   "predicted_s": {link.name: predicted_step_seconds(hook, world, link.bandwidth) for link in links}}
+            row = {
+                "world": world,
+                "hook": hook.name,
+                "collective": hook.collective,
+                "link_bytes": link_bytes(hook.collective, hook.bytes_per_step, world),
+                "predicted_s": {link.name: predicted_step_seconds(hook, world, link.bandwidth) for link in links},
+            }
             if hook is not dense:
                 be = break_even(hook, dense, world)
                 row["wins"], row["break_even_bandwidth"] = be.wins, be.bandwidth
@@ -151,7 +156,9 @@ def format_rows(title: str, table: list[dict], links=LINKS) -> str:
     lines = []
     for world in sorted({r["world"] for r in table}):
         lines.append(f"{title}, n = {world} ranks: predicted step time, ms (measured step + communication, no overlap)")
-        lines.append(f"{'hook':<{width}}" + "".join(f"{link.name:>16}" for link in links) + "   faster than dense all-reduce")
+        lines.append(
+            f"{'hook':<{width}}" + "".join(f"{link.name:>16}" for link in links) + "   faster than dense all-reduce"
+        )
         for r in (r for r in table if r["world"] == world):
             be = "(baseline)" if "wins" not in r else BreakEven(r["wins"], r["break_even_bandwidth"]).describe()
             times = "".join(f"{r['predicted_s'][link.name] * 1e3:>16,.1f}" for link in links)
@@ -178,8 +185,14 @@ def report(results: dict, worlds=WORLD_SIZES, links=LINKS) -> tuple[str, list]:
         for r in model_rows:
             r["model"] = model["name"]
         table += model_rows
-        text.append(format_rows(f"wire model, {model['name']} ({dense.bytes_per_step / 1e6:,.1f} MB gradient, "
-                                f"measured step {dense.step_seconds * 1e3:,.1f} ms)", model_rows, links))
+        text.append(
+            format_rows(
+                f"wire model, {model['name']} ({dense.bytes_per_step / 1e6:,.1f} MB gradient, "
+                f"measured step {dense.step_seconds * 1e3:,.1f} ms)",
+                model_rows,
+                links,
+            )
+        )
     return "\n".join(text), table
 
 
@@ -227,8 +240,14 @@ def hierarchical_bytes(gradient_bytes: float, message_nbytes, topology: Topology
     }
 
 
-def hierarchy_rows(gradient_bytes: float, message_nbytes, compute_overhead_s: float = 0.0,
-                   topologies=TOPOLOGIES, networks=NETWORKS, nvlink=NVLINK) -> list[dict]:
+def hierarchy_rows(
+    gradient_bytes: float,
+    message_nbytes,
+    compute_overhead_s: float = 0.0,
+    topologies=TOPOLOGIES,
+    networks=NETWORKS,
+    nvlink=NVLINK,
+) -> list[dict]:
     """Per topology and exchange: the bytes of :func:`hierarchical_bytes` and the predicted
     communication time per network (intra bytes over NVLink plus inter bytes over the
     network, no overlap), plus ``compute_overhead_s`` for the efcomm exchanges."""
@@ -236,18 +255,27 @@ def hierarchy_rows(gradient_bytes: float, message_nbytes, compute_overhead_s: fl
     for topology in topologies:
         for name, sent in hierarchical_bytes(gradient_bytes, message_nbytes, topology).items():
             overhead = 0.0 if name == "nccl" else compute_overhead_s
-            out.append({
-                "topology": f"{topology.nodes}x{topology.local}", "exchange": name,
-                "intra_bytes": sent["intra"], "inter_bytes": sent["inter"],
-                "predicted_s": {net.name: overhead + sent["intra"] / nvlink.bandwidth + sent["inter"] / net.bandwidth
-                                for net in networks},
-            })
+            out.append(
+                {
+                    "topology": f"{topology.nodes}x{topology.local}",
+                    "exchange": name,
+                    "intra_bytes": sent["intra"],
+                    "inter_bytes": sent["inter"],
+                    "predicted_s": {
+                        net.name: overhead + sent["intra"] / nvlink.bandwidth + sent["inter"] / net.bandwidth
+                        for net in networks
+                    },
+                }
+            )
     return out
 
 
 def format_hierarchy(title: str, table: list[dict], networks=NETWORKS) -> str:
-    lines = [title, f"{'nodes x GPUs':<14}{'exchange':<14}{'network MB/GPU':>16}{'vs nccl':>9}"
-             + "".join(f"{net.name + ' ms':>18}" for net in networks)]
+    lines = [
+        title,
+        f"{'nodes x GPUs':<14}{'exchange':<14}{'network MB/GPU':>16}{'vs nccl':>9}"
+        + "".join(f"{net.name + ' ms':>18}" for net in networks),
+    ]
     for r in table:
         dense = next(x for x in table if x["topology"] == r["topology"] and x["exchange"] == "nccl")
         ratio = dense["inter_bytes"] / r["inter_bytes"] if r["inter_bytes"] else float("inf")
@@ -256,8 +284,9 @@ def format_hierarchy(title: str, table: list[dict], networks=NETWORKS) -> str:
     return "\n".join(lines)
 
 
-def hierarchy_report(parameters: float, bucket_numel: int = 6_553_600, ratio: float = 0.01,
-                     compute_overhead_s: float = 0.0) -> str:
+def hierarchy_report(
+    parameters: float, bucket_numel: int = 6_553_600, ratio: float = 0.01, compute_overhead_s: float = 0.0
+) -> str:
     """The hierarchy table for a float32 model of ``parameters`` parameters in buckets of
     ``bucket_numel`` entries, Top-``ratio`` messages in two formats: float32 values with int32
     indices, and bfloat16 values with 16-bit indices (efcomm.TopK(value_dtype=torch.bfloat16,
@@ -273,14 +302,19 @@ def hierarchy_report(parameters: float, bucket_numel: int = 6_553_600, ratio: fl
             buckets = math.ceil(parameters / bucket_numel)
             shard = max(1, math.ceil(fraction * bucket_numel))
             return buckets * compressor.message_nbytes(shard, torch.float32)
+
         return message_nbytes
 
     text = []
-    for label, compressor in (("fp32 values, int32 indices", TopK(ratio)),
-                              ("bf16 values, 16-bit indices", TopK(ratio, value_dtype=torch.bfloat16, index_bits=16))):
+    for label, compressor in (
+        ("fp32 values, int32 indices", TopK(ratio)),
+        ("bf16 values, 16-bit indices", TopK(ratio, value_dtype=torch.bfloat16, index_bits=16)),
+    ):
         table = hierarchy_rows(4 * parameters, per_bucket(compressor), compute_overhead_s)
-        title = (f"hierarchical exchange, {parameters / 1e6:,.0f}M float32 parameters, Top-{ratio:g} with {label}: "
-                 "network bytes per GPU per step and predicted communication time (no overlap)")
+        title = (
+            f"hierarchical exchange, {parameters / 1e6:,.0f}M float32 parameters, Top-{ratio:g} with {label}: "
+            "network bytes per GPU per step and predicted communication time (no overlap)"
+        )
         text.append(format_hierarchy(title, table))
     return "\n\n".join(text)
 
@@ -289,14 +323,20 @@ def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="?", help="the JSON file written by benchmarks/bench_ddp.py")
     parser.add_argument("--world-sizes", type=int, nargs="+", default=list(WORLD_SIZES))
-    parser.add_argument("--hierarchy", type=float, metavar="PARAMETERS",
-                        help="print the hierarchical exchange's table for a model of this many float32 parameters "
-                             "(e.g. 124e6 for GPT-2 small) instead")
+    parser.add_argument(
+        "--hierarchy",
+        type=float,
+        metavar="PARAMETERS",
+        help="print the hierarchical exchange's table for a model of this many float32 parameters "
+        "(e.g. 124e6 for GPT-2 small) instead",
+    )
     parser.add_argument("--ratio", type=float, default=0.01, help="Top-k ratio of the hierarchy table")
     args = parser.parse_args(argv)
     if args.hierarchy is not None:
         if not args.hierarchy >= 1 or not 0 < args.ratio <= 1:
-            parser.error(f"argument --hierarchy ({args.hierarchy}) must be at least 1 and --ratio ({args.ratio}) in (0, 1]")
+            parser.error(
+                f"argument --hierarchy ({args.hierarchy}) must be at least 1 and --ratio ({args.ratio}) in (0, 1]"
+            )
         print(hierarchy_report(args.hierarchy, ratio=args.ratio))
         return
     if args.results is None:

@@ -1,6 +1,7 @@
 """Compressors: configuration objects accepted by :func:`efcomm.register`, the methods and
 the simulator. The interface is in :mod:`efcomm.compressors.base`; each family has its file,
 and this list is their one registration."""
+
 from . import dense, induced, int4, nonuniform, quantizers, randk, topk  # noqa: F401  (each registers its classes)
 from .base import COMPRESSORS, Codec, Compressor, Context
 

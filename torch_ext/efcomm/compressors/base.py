@@ -20,6 +20,7 @@ Adding a compressor touches its own file and one registration: a class with the
 ``@register`` decorator, imported in ``efcomm/compressors/__init__.py``. Methods never ask
 which compressor they have.
 """
+
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional

@@ -1,4 +1,5 @@
 """Dense messages: every value (Identity), or every value clipped in norm (Clip)."""
+
 import math
 from dataclasses import dataclass
 

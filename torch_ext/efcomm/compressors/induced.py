@@ -1,4 +1,5 @@
 """The induced compressor: a biased compressor plus an unbiased one of its residual."""
+
 from dataclasses import dataclass
 from typing import ClassVar
 

@@ -1,5 +1,6 @@
 """Block-scaled int4: a compressor added by its own file and one registration (the op
 layer's "int4" scheme is kernels/quant/int4.h plus one line of kernels/quant_schemes.h)."""
+
 from dataclasses import dataclass
 from typing import ClassVar
 

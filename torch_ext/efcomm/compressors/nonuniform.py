@@ -1,4 +1,5 @@
 """Non-uniform Rand-k: k draws with probabilities proportional to |x_j|, unbiased."""
+
 import math
 import zlib
 from dataclasses import dataclass

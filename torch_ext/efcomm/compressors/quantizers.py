@@ -1,6 +1,7 @@
 """Blockwise quantizers: one 4-byte header per block of ``block`` entries, then packed codes
 (efcomm.ops.quant_encode_ / quant_decode_add_; the per-entry rules are the codecs of
 kernels/quant/, the wire layout kernels/wire_layout.h)."""
+
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,8 +29,17 @@ class Quantizer(Compressor):
 
     def encode_(self, a, b, ctx, scale=1.0):
         return ops.quant_encode_(
-            a, b, self.scheme, self._levels(), self.block, self._stochastic(),
-            ctx.seed, ctx.step, ctx.bucket, ctx.rank, scale,
+            a,
+            b,
+            self.scheme,
+            self._levels(),
+            self.block,
+            self._stochastic(),
+            ctx.seed,
+            ctx.step,
+            ctx.bucket,
+            ctx.rank,
+            scale,
         )
 
     def decode_add_(self, h, gathered, ctx, scale=1.0, weights=None):

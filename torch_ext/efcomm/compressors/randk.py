@@ -1,4 +1,5 @@
 """Rand-k: keep k entries chosen at random, from the run's seed."""
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,7 +56,9 @@ class RandK(Compressor):
     def encode_(self, a, b, ctx, scale=1.0):
         k = self.k_for(a.numel())
         rank = None if self.shared else ctx.rank
-        return ops.randk_encode_(a, b, k, ctx.seed, ctx.step, ctx.bucket, self.window, scale * self._factor(a.numel()), rank)
+        return ops.randk_encode_(
+            a, b, k, ctx.seed, ctx.step, ctx.bucket, self.window, scale * self._factor(a.numel()), rank
+        )
 
     def decode_add_(self, h, gathered, ctx, scale=1.0, weights=None):
         k = self.k_for(h.numel())

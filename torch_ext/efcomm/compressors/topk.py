@@ -1,4 +1,5 @@
 """Top-k: keep the entries of largest magnitude of each bucket."""
+
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -43,13 +44,17 @@ class TopK(Compressor):
         if not isinstance(self.threshold, bool):
             raise ValueError(f"efcomm: TopK threshold ({self.threshold!r}) must be a bool")
         if self.value_dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"efcomm: TopK value_dtype ({self.value_dtype!r}) must be None, float32, bfloat16 or float16")
+            raise ValueError(
+                f"efcomm: TopK value_dtype ({self.value_dtype!r}) must be None, float32, bfloat16 or float16"
+            )
         if self.index_bits not in (32, 16) or isinstance(self.index_bits, bool):
             raise ValueError(f"efcomm: TopK index_bits ({self.index_bits!r}) must be 32 or 16")
 
     def _format(self, dtype: torch.dtype) -> dict:
-        return {"value_dtype": self.value_dtype if self.value_dtype not in (None, dtype) else None,
-                "index_bits": self.index_bits}
+        return {
+            "value_dtype": self.value_dtype if self.value_dtype not in (None, dtype) else None,
+            "index_bits": self.index_bits,
+        }
 
     def k_for(self, numel: int) -> int:
         """Number of entries kept of a bucket of ``numel`` elements (at least 1)."""

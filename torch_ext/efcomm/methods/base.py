@@ -17,6 +17,7 @@ has. Notation: g = g_i is this worker's gradient, n the number of workers, C the
 (as in the EF21 paper, Richtarik, Sokolov, Fatkhullin 2021, arXiv 2106.05203). Every state
 tensor has the bucket's size and dtype.
 """
+
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 

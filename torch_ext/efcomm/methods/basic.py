@@ -1,4 +1,5 @@
 """Compressed SGD without error feedback, and classic error feedback."""
+
 import torch
 
 from .base import Method, register_method

@@ -1,4 +1,5 @@
 """EF21 and the methods built on its step: EF21-SGDM, EControl, EF21-W, Clip21."""
+
 import math
 from typing import Optional, Sequence
 

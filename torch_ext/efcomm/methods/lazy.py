@@ -1,4 +1,5 @@
 """Lazy aggregation (3PC): LAG, CLAG and AdaCGD, whose workers may stay silent."""
+
 import math
 from typing import Sequence
 
@@ -54,7 +55,9 @@ class LazyMethod(EF21):
 
     def decode_senders(self, state, rows: list, choices: list, codec: Codec, worker) -> Tensor:
         """h += (1/n) sum of the senders' messages (rows in rank order); returns h."""
-        codec.decode_add_(state["h"], torch.stack(rows), weights=rank_weights(len(rows), worker.world, state["h"].device))
+        codec.decode_add_(
+            state["h"], torch.stack(rows), weights=rank_weights(len(rows), worker.world, state["h"].device)
+        )
         return state["h"]
 
     def __repr__(self) -> str:

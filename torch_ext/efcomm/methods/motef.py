@@ -1,4 +1,5 @@
 """MoTEF: momentum tracking with error feedback, in its complete-graph form."""
+
 import torch
 from torch import Tensor
 
@@ -69,7 +70,14 @@ class MoTEF(Method):
     def init_state(self, g, g_mean, worker):
         if self.per_worker_iterates:
             z = torch.zeros_like(g)
-            return {"H": z.clone(), "H_mean": z.clone(), "G": z.clone(), "G_mean": z.clone(), "M": g.clone(), "V": g.clone()}
+            return {
+                "H": z.clone(),
+                "H_mean": z.clone(),
+                "G": z.clone(),
+                "G_mean": z.clone(),
+                "M": g.clone(),
+                "V": g.clone(),
+            }
         g = g.detach()
         return {"M": g.clone(), "V": g.clone(), "G": g.clone(), "G_mean": g_mean}
 
@@ -92,4 +100,3 @@ class MoTEF(Method):
 
     def __repr__(self) -> str:
         return f"MoTEF(gamma={self.gamma}, lam={self.lam}, per_worker={self.per_worker_iterates})"
-
