@@ -8,8 +8,9 @@ Specs:
                                       topk or randk (RATIO, default 0.01), int8, fp8, sign,
                                       natural or qsgd; FLAG "threshold" (topk: threshold Top-k),
                                       "scaled" (C / (omega + 1), for unbiased compressors
-                                      under the error-feedback methods) or "side" (the encode
-                                      on a side stream: side_stream=True); flags combine
+                                      under the error-feedback methods), "side" (the encode
+                                      on a side stream: side_stream=True) or "compact" (topk:
+                                      bf16 values, 16-bit offsets); flags combine
 
 Bytes per step are this rank's payload handed to the collectives in one step (what
 ``efcomm``'s ``state.stats.bytes_sent`` counts), not the traffic the collective's algorithm
@@ -115,19 +116,22 @@ def parse_hook(spec: str) -> HookSpec:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: method {method!r} must be one of {sorted(efcomm.METHODS)}")
     if name not in COMPRESSORS:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: compressor {name!r} must be one of {sorted(COMPRESSORS)}")
-    flags = [p for p in rest if p in ("threshold", "scaled", "side")]
+    flags = [p for p in rest if p in ("threshold", "scaled", "side", "compact")]
     values = [p for p in rest if p not in flags]
     if values and name not in WITH_RATIO:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: {name} takes no ratio (got {values[0]!r})")
     if len(values) > 1 or len(set(flags)) != len(flags):
         raise argparse.ArgumentTypeError(f"hook {spec!r}: expected at most one ratio and each flag once")
-    if "threshold" in flags and name != "topk":
-        raise argparse.ArgumentTypeError(f"hook {spec!r}: the threshold flag applies to topk only")
+    for flag in ("threshold", "compact"):
+        if flag in flags and name != "topk":
+            raise argparse.ArgumentTypeError(f"hook {spec!r}: the {flag} flag applies to topk only")
     options = {}
     if name in WITH_RATIO:
         options["ratio"] = _ratio(values[0], spec) if values else 0.01
     if "threshold" in flags:
         options["threshold"] = True
+    if "compact" in flags:
+        options.update(value_dtype=torch.bfloat16, index_bits=16)
     compressor = COMPRESSORS[name](**options)
     if "scaled" in flags:
         compressor = compressor.scaled()
@@ -138,7 +142,7 @@ def parse_hook(spec: str) -> HookSpec:
     return HookSpec(spec, "efcomm", ALL_GATHER, method=method, compressor=compressor, side_stream="side" in flags)
 
 
-def _one_bucket_at_a_time(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def one_bucket_at_a_time(state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """torch's powerSGD_hook, finished before DDP hands over the next bucket (for gloo)."""
     future = powerSGD_hook.powerSGD_hook(state, bucket)
     future.wait()
@@ -167,7 +171,7 @@ class ByteMeter:
             )
             serialize = dist.get_backend(group) == dist.Backend.GLOO
             self.note = "one bucket at a time on gloo (see benchmarks/ddp_hooks.py)" if serialize else ""
-            ddp.register_comm_hook(self.state, _one_bucket_at_a_time if serialize else powerSGD_hook.powerSGD_hook)
+            ddp.register_comm_hook(self.state, one_bucket_at_a_time if serialize else powerSGD_hook.powerSGD_hook)
         elif spec.kind == "efcomm":
             self.state = efcomm.register(ddp, spec.method, spec.compressor, side_stream=spec.side_stream)
         self._start = 0

@@ -1,0 +1,392 @@
+"""Loss at equal bytes on real text: a small GPT-style language model trained with DDP, once per
+gradient exchange, against DDP's dense all-reduce, torch's fp16 hook and PowerSGD.
+
+    python benchmarks/convergence.py                          # the default runs, two lengths
+    python benchmarks/convergence.py --steps 1000 --seeds 0 1 2 --runs allreduce default powersgd:1
+    python benchmarks/convergence.py --corpus /usr/share/perl/5.36 --steps 1000
+    python benchmarks/convergence.py --tiny                   # seconds: a functional run (CI)
+
+Data: by default the Python standard library's own top-level source files (``*.py`` directly
+in ``sysconfig.get_paths()["stdlib"]``: no site-packages, no test/), or every text file under
+``--corpus DIR``; split into training and validation by file (a file is in validation when
+the SHA-256 of its relative path ends in a byte below 26, about 10 %), tokenised as bytes. The
+corpus's size and hash are printed and saved: the standard library differs between Python
+versions, and so do the figures.
+
+Model: a byte-level causal transformer (token and position embeddings, pre-norm blocks of
+``torch.nn.TransformerEncoderLayer`` with a causal mask, tied output head). Every run starts
+from the same initial model (seeded), sees the same batches in the same order (windows drawn
+from (seed, step)), and uses the same optimizer: AdamW (betas 0.9/0.95, weight decay 0.1) with
+a linear warm-up over 5 % of the steps and a cosine decay to 10 % of the peak; the methods
+that keep a momentum of their own (ef21-sgdm, motef) and runs named ``sgd/...`` take plain SGD
+(no momentum) on the same schedule, with ``--sgd-lr``.
+
+Runs (``--runs``; each one a fresh DDP model with its own hook, in one process group of
+``--world-size`` ranks, gloo on the CPU, NCCL on GPUs):
+    allreduce                  DDP's all-reduce (the dense baseline)
+    fp16                       torch's fp16_compress_hook
+    powersgd:R                 torch's PowerSGD (error feedback and warm start on) at rank R,
+                               starting at 10 % of the steps (dense all-reduce before: counted)
+    default                    efcomm.register(ddp): what a user gets with no arguments
+    METHOD:COMPRESSOR[:RATIO][:FLAG]   as benchmarks/ddp_hooks.py (flag ``compact``: Top-k with
+                               bf16 values and 16-bit offsets)
+
+Bytes per rank and step: this rank's payload handed to the collectives, over the whole run
+(dense starts and PowerSGD's dense steps included), against the dense all-reduce's (the
+gradient's bytes). Output: a table per length (final validation loss, its gap to the dense
+run, bytes per rank and step, compression, wall time), <out>/convergence.json (one record per
+run and length) and <out>/convergence.png (validation loss against steps, and against
+cumulative bytes, at the longest length).
+"""
+
+import argparse
+import json
+import math
+import os
+import socket
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddp_hooks import HookSpec, one_bucket_at_a_time, parse_hook  # noqa: E402
+
+import efcomm  # noqa: E402
+from efcomm import lm  # noqa: E402
+
+DEFAULT_RUNS = (
+    "allreduce",
+    "fp16",
+    "powersgd:1",
+    "powersgd:4",
+    "default",
+    "ef21:topk:0.01",
+    "ef21:topk:0.1",
+    "ef21:topk:0.01:compact",
+    "ef21:topk:0.1:compact",
+    "ef:topk:0.01",
+    "ef21-sgdm:topk:0.01",
+    "ef21:int8",
+    "none:qsgd",
+)
+SGD_METHODS = ("ef21-sgdm", "motef")
+
+
+# ---- one run on one rank ----------------------------------------------------------------------
+
+
+def run_spec(name: str) -> HookSpec:
+    """The hook of a run name (see the module docstring): an optimizer prefix ("sgd/" or
+    "adamw/") is dropped, and method parameters in brackets (``ef21-sgdm[eta=0.05]:topk:0.01``)
+    make the method object."""
+    base = name.split("/", 1)[1] if name.startswith(("sgd/", "adamw/")) else name
+    if base == "default":
+        return HookSpec(name, "efcomm-default", "all_gather")
+    method_text, bracket, rest = base.partition("[")
+    if not bracket:
+        return parse_hook(base)
+    params, close, tail = rest.partition("]")
+    if not close:
+        raise argparse.ArgumentTypeError(f"run {name!r}: unclosed '[' in the method's parameters")
+    try:
+        options = {k: float(v) for k, v in (item.split("=") for item in params.split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"run {name!r}: method parameters must be key=number") from None
+    spec = parse_hook(method_text + tail)
+    try:
+        method = efcomm.METHODS[method_text](**options)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"run {name!r}: {e}") from None
+    return HookSpec(name, "efcomm", spec.collective, method=method, compressor=spec.compressor)
+
+
+def uses_sgd(name: str, spec: HookSpec) -> bool:
+    if name.startswith(("sgd/", "adamw/")):
+        return name.startswith("sgd/")
+    return spec.kind == "efcomm" and getattr(spec.method, "name", spec.method) in SGD_METHODS
+
+
+class Bytes:
+    """This rank's payload per step for each kind of hook (what it hands to the collectives):
+    registers the hook; calling it after a step gives that step's bytes."""
+
+    def __init__(self, spec: HookSpec, ddp, powersgd_start: int):
+        self.kind = spec.kind
+        params = [p for p in ddp.module.parameters() if p.requires_grad]
+        self.dense = sum(p.numel() * p.element_size() for p in params)
+        self.element_size = params[0].element_size()
+        self.state, self._seen = None, 0
+        group = ddp.process_group
+        if spec.kind == "fp16":
+            ddp.register_comm_hook(group, default_hooks.fp16_compress_hook)
+        elif spec.kind == "powersgd":
+            self.state = powerSGD_hook.PowerSGDState(
+                group, matrix_approximation_rank=spec.powersgd_rank, start_powerSGD_iter=powersgd_start
+            )
+            gloo = dist.get_backend(group) == dist.Backend.GLOO
+            ddp.register_comm_hook(self.state, one_bucket_at_a_time if gloo else powerSGD_hook.powerSGD_hook)
+        elif spec.kind == "efcomm":
+            self.state = efcomm.register(ddp, spec.method, spec.compressor)
+        elif spec.kind == "efcomm-default":
+            self.state = efcomm.register(ddp)
+
+    def __call__(self) -> int:
+        if self.kind == "allreduce":
+            return self.dense
+        if self.kind == "fp16":
+            return self.dense // 2
+        if self.kind == "powersgd":
+            after = self.state.total_numel_after_compression
+            # Before start_powerSGD_iter the hook all-reduces the buckets and counts nothing.
+            sent = (after - self._seen) * self.element_size if after > self._seen else self.dense
+            self._seen = after
+            return sent
+        return self.state.stats.history[-1]["bytes_sent"]
+
+
+def run_config(args, name: str, steps: int, seed: int) -> lm.LMConfig:
+    spec = run_spec(name)
+    sgd = uses_sgd(name, spec)
+    return lm.LMConfig(
+        **args.model, steps=steps, seed=seed, optimizer="sgd" if sgd else "adamw", lr=args.sgd_lr if sgd else args.lr
+    )
+
+
+def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(args.backend, init_method=init_method, rank=rank, world_size=world)
+    try:
+        results = []
+        for steps in args.steps:
+            for seed in args.seeds:
+                for name in args.runs:
+                    spec, cfg = run_spec(name), run_config(args, name, steps, seed)
+                    install = lambda ddp: Bytes(spec, ddp, powersgd_start=max(2, steps // 10))  # noqa: B023
+                    run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
+                    label = spec.label() if spec.kind != "efcomm-default" else f"efcomm default: {efcomm.EFState()!r}"
+                    results.append(
+                        {"name": name, "label": label, "seed": seed, "steps": steps, "optimizer": cfg.optimizer} | run
+                    )
+                    if rank == 0:
+                        r = results[-1]
+                        print(
+                            f"  {name:<28} seed {seed} {steps:>5} steps: val {r['final_val_loss']:.4f}, "
+                            f"{r['bytes_per_rank_per_step'] / r['dense_bytes_per_rank_per_step']:.4%} of dense bytes, "
+                            f"{r['wall_s']:.0f} s",
+                            flush=True,
+                        )
+        if rank == 0:
+            torch.save(results, Path(out_dir) / "results.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (length, run): the mean over seeds, the seed spread, and the gap to the dense
+    run's mean at the same length."""
+    rows = []
+    for steps in sorted({r["steps"] for r in results}):
+        at = [r for r in results if r["steps"] == steps]
+        dense = [r["final_val_loss"] for r in at if r["name"] == "allreduce"]
+        dense_mean = statistics.fmean(dense) if dense else None
+        for name in dict.fromkeys(r["name"] for r in at):
+            runs = [r for r in at if r["name"] == name]
+            losses = [r["final_val_loss"] for r in runs]
+            mean = statistics.fmean(losses)
+            sent = statistics.fmean(r["bytes_per_rank_per_step"] for r in runs)
+            rows.append(
+                {
+                    "steps": steps,
+                    "name": name,
+                    "label": runs[0]["label"],
+                    "seeds": [r["seed"] for r in runs],
+                    "final_val_loss": mean,
+                    "spread": (max(losses) - min(losses)) if len(losses) > 1 else 0.0,
+                    "gap_to_dense": (mean / dense_mean - 1.0) if dense_mean else None,
+                    "bytes_per_rank_per_step": sent,
+                    "dense_bytes_per_rank_per_step": runs[0]["dense_bytes_per_rank_per_step"],
+                    "wall_s": statistics.fmean(r["wall_s"] for r in runs),
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    header = ("steps", "run", "final val loss", "seed spread", "gap to dense", "bytes/rank/step", "of dense", "wall s")
+    lines = [header]
+    for r in rows:
+        gap = "n/a" if r["gap_to_dense"] is None else f"{r['gap_to_dense']:+.2%}"
+        frac = r["bytes_per_rank_per_step"] / r["dense_bytes_per_rank_per_step"]
+        lines.append(
+            (
+                str(r["steps"]),
+                r["name"],
+                f"{r['final_val_loss']:.4f}",
+                f"{r['spread']:.4f}" if len(r["seeds"]) > 1 else "-",
+                gap,
+                f"{r['bytes_per_rank_per_step']:,.0f}",
+                f"{frac:.2%} ({1 / frac:.0f}x)" if frac > 0 else "0",
+                f"{r['wall_s']:.0f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(x) for x in lines[1:]])
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = max(r["steps"] for r in results)
+    seed = min(r["seed"] for r in results)
+    fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in (r for r in results if r["steps"] == steps and r["seed"] == seed):
+        xs, ys = zip(*r["val_curve"])
+        by_step.plot(xs, ys, label=r["name"])
+        cumulative = [0.0]
+        for sent in r["bytes_per_step"]:
+            cumulative.append(cumulative[-1] + sent)
+        by_bytes.plot([max(cumulative[s], 1.0) for s in xs], ys, label=r["name"])
+    finite = [y for r in results if r["steps"] == steps for _, y in r["val_curve"] if math.isfinite(y)]
+    for ax in (by_step, by_bytes):
+        ax.set_ylabel("validation loss (nats per byte)")
+        ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0) + 0.05)
+        ax.grid(alpha=0.3)
+    by_step.set_xlabel("step")
+    by_bytes.set_xlabel("cumulative bytes sent per rank")
+    by_bytes.set_xscale("log")
+    by_step.legend(fontsize=7)
+    fig.suptitle(f"byte-level LM, {steps} steps, seed {seed}: validation loss against steps and bytes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _run_name(text: str) -> str:
+    try:
+        run_spec(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"--runs: {e}") from e
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", type=_run_name, default=list(DEFAULT_RUNS))
+    parser.add_argument("--steps", nargs="+", type=_positive_int, default=[300, 1000], help="run lengths")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--world-size", type=_positive_int, default=4)
+    parser.add_argument("--corpus", default=None, help="a folder of text files (default: the stdlib's *.py)")
+    parser.add_argument("--max-corpus-bytes", type=_positive_int, default=64 * 2**20)
+    parser.add_argument("--lr", type=_positive_float, default=3e-3, help="AdamW's peak learning rate")
+    parser.add_argument("--sgd-lr", type=_positive_float, default=0.5, help="SGD's peak learning rate")
+    parser.add_argument("--val-every", type=_positive_int, default=50)
+    parser.add_argument("--val-windows", type=_positive_int, default=256)
+    parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
+    parser.add_argument("--out", default="runs/convergence")
+    parser.add_argument("--tiny", action="store_true", help="a tiny model, 2 ranks, 8 steps: a functional run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    fields = ("d_model", "layers", "heads", "context", "batch")
+    args.model = {k: getattr(lm.LMConfig, k) for k in fields} | {
+        "val_every": args.val_every,
+        "val_windows": args.val_windows,
+    }
+    if args.tiny:
+        args.model |= lm.TINY
+        args.world_size = 2
+        if args.steps == parser.get_default("steps"):
+            args.steps = [8]
+    if args.backend == "auto":
+        args.backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if args.backend == "nccl" and args.world_size > torch.cuda.device_count():
+        parser.error(f"--world-size {args.world_size} exceeds the {torch.cuda.device_count()} GPU(s) for nccl")
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    try:
+        corpus = lm.load_corpus(args.corpus, args.max_corpus_bytes)
+    except ValueError as e:
+        raise SystemExit(f"convergence.py: {e}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = sum(p.numel() for p in lm.ByteGPT(lm.LMConfig(**args.model)).parameters())
+    print(
+        f"corpus: {lm.describe(corpus)}\n"
+        f"model: {args.model} ({params:,} parameters); {args.world_size} ranks over {args.backend}; "
+        f"steps {args.steps}, seeds {args.seeds}; AdamW lr {args.lr:g}, SGD lr {args.sgd_lr:g}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(
+            worker,
+            args=(args.world_size, f"tcp://127.0.0.1:{_free_port()}", args, corpus, tmp),
+            nprocs=args.world_size,
+            join=True,
+        )
+        results = torch.load(Path(tmp) / "results.pt")
+    rows = summarise(results)
+    print(table(rows))
+    record = {
+        "corpus": {k: corpus[k] for k in ("root", "files", "bytes", "sha256")},
+        "model": args.model,
+        "parameters": params,
+        "world_size": args.world_size,
+        "backend": args.backend,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "summary": rows,
+        "runs": [{k: v for k, v in r.items() if k != "bytes_per_step"} for r in results],
+    }
+    (out / "convergence.json").write_text(json.dumps(record, indent=1))
+    plot(results, out / "convergence.png")
+    print(f"wrote {out / 'convergence.json'} and {out / 'convergence.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
