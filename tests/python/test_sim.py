@@ -243,7 +243,7 @@ def test_minibatches_need_a_problem_with_data():
 
 def test_figures_command_writes_pngs(tmp_path, capsys):
     """Two figures at a tiny scale (drawing all of them takes about a minute); every figure
-    is shown in the README's simulator section."""
+    is shown in the simulator's page, docs/simulator.md."""
     figures.main(["--out", str(tmp_path), "--scale", "0.01", "--only", "counterexample", "newton"])
     assert capsys.readouterr().out.split() == [
         "wrote",
@@ -252,8 +252,8 @@ def test_figures_command_writes_pngs(tmp_path, capsys):
         str(tmp_path / "newton.png"),
     ]
     assert all((tmp_path / name).stat().st_size > 10_000 for name in ("counterexample.png", "newton.png"))
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert [name for name in figures.FIGURES if f"(docs/figures/{name}.png)" not in readme] == []
+    page = (Path(__file__).parents[2] / "docs" / "simulator.md").read_text()
+    assert [name for name in figures.FIGURES if f"(figures/{name}.png)" not in page] == []
     with pytest.raises(ValueError, match=r"unknown figure\(s\) \['nope'\]"):
         figures.figures(tmp_path, only=["nope"])
 
