@@ -8,9 +8,10 @@ import torch
 
 import efcomm
 
-from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, figures, problems, sim
+from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, sim
+from efcomm.sim import figures, problems
 from efcomm.compressors import Codec
-from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
+from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF, Worker, make_method
 
 
 # Smaller than the figures' problems, so that the whole file runs in seconds.
@@ -139,8 +140,8 @@ def test_ef21_stepsize_formula():
 def test_simulated_ef21_keeps_the_hook_invariant():
     """h stays the mean of the workers' h_i, as on the ranks of a DDP run."""
     problem = problems.quadratic([1.0, 5.0, 20.0], d=64)
-    impl = sim.make_method("ef21")
-    workers = [sim.Worker(i, problem.n) for i in range(problem.n)]
+    impl = make_method("ef21")
+    workers = [Worker(i, problem.n) for i in range(problem.n)]
     grads = problem.grads(problem.x0)
     mean = sum(g / problem.n for g in grads)
     states = [impl.init_state(g, mean.clone(), w) for g, w in zip(grads, workers)]
@@ -203,7 +204,7 @@ def test_clip21_converges_with_messages_bounded_by_tau():
     g = problem.grads(problem.x0)[0]
     method = Clip21(tau=0.01)
     codec = Codec(method.wire_compressor(TopK(k=1)), problem.d, g.dtype)  # it sends with its clipping
-    message = method.encode(g, {"h_local": torch.zeros_like(g)}, codec, sim.Worker(0, 1))
+    message = method.encode(g, {"h_local": torch.zeros_like(g)}, codec, Worker(0, 1))
     assert message.view(torch.float32).norm() <= 0.01 * (1 + 1e-6)
 
 
@@ -242,7 +243,7 @@ def test_minibatches_need_a_problem_with_data():
 
 def test_figures_command_writes_pngs(tmp_path, capsys):
     """Two figures at a tiny scale (drawing all of them takes about a minute); every figure
-    is shown in the README's simulator section."""
+    is shown in the simulator's page, docs/simulator.md."""
     figures.main(["--out", str(tmp_path), "--scale", "0.01", "--only", "counterexample", "newton"])
     assert capsys.readouterr().out.split() == [
         "wrote",
@@ -251,8 +252,8 @@ def test_figures_command_writes_pngs(tmp_path, capsys):
         str(tmp_path / "newton.png"),
     ]
     assert all((tmp_path / name).stat().st_size > 10_000 for name in ("counterexample.png", "newton.png"))
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert [name for name in figures.FIGURES if f"(docs/figures/{name}.png)" not in readme] == []
+    page = (Path(__file__).parents[2] / "docs" / "simulator.md").read_text()
+    assert [name for name in figures.FIGURES if f"(figures/{name}.png)" not in page] == []
     with pytest.raises(ValueError, match=r"unknown figure\(s\) \['nope'\]"):
         figures.figures(tmp_path, only=["nope"])
 

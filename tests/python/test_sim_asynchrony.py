@@ -1,9 +1,9 @@
-"""Asynchronous SGD with heterogeneous speeds and data, in simulated time (efcomm.asynchrony)."""
+"""Asynchronous SGD with heterogeneous speeds and data, in simulated time (efcomm.sim.asynchrony)."""
 
 import pytest
 
-from efcomm import problems
-from efcomm.asynchrony import asynchronous_sgd, shuffled_sgd
+from efcomm.sim import problems
+from efcomm.sim.asynchrony import asynchronous_sgd, shuffled_sgd
 
 
 PROBLEM = problems.quadratic([1.0, 2.0, 4.0, 8.0], d=10)  # different minimisers and L_i

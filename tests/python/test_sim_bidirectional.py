@@ -1,9 +1,10 @@
-"""Bidirectional compression, bits counted both ways (efcomm.bidirectional)."""
+"""Bidirectional compression, bits counted both ways (efcomm.sim.bidirectional)."""
 
 import pytest
 
-from efcomm import Identity, TopK, problems, sim
-from efcomm.bidirectional import ef21_bc, total_bits
+from efcomm import Identity, TopK, sim
+from efcomm.sim import problems
+from efcomm.sim.bidirectional import ef21_bc, total_bits
 
 
 PROBLEM = problems.logistic_nonconvex(n=4, d=20, m=40)

@@ -3,7 +3,8 @@ indices beside the shared one, and non-uniform (importance-sampled) Rand-k."""
 
 import torch
 
-from efcomm import NonUniformRandK, RandK, problems, sim
+from efcomm import NonUniformRandK, RandK, sim
+from efcomm.sim import problems
 from efcomm.compressors import Context
 
 PROBLEM = problems.quadratic([1.0, 2.0, 4.0, 8.0], d=40)  # four workers, four minimisers

@@ -1,10 +1,11 @@
-"""Partial participation under arbitrary distributions over the workers (efcomm.participation)."""
+"""Partial participation under arbitrary distributions over the workers (efcomm.sim.participation)."""
 
 import pytest
 import torch
 
-from efcomm import Induced, RandK, TopK, problems, sim
-from efcomm.participation import Sampling, dcsgd_pp, ef21_pp
+from efcomm import Induced, RandK, TopK, sim
+from efcomm.sim import problems
+from efcomm.sim.participation import Sampling, dcsgd_pp, ef21_pp
 
 
 # A correlated distribution: worker 0 alone, workers 1 and 2 together, or everyone.

@@ -1,7 +1,8 @@
-"""Partially personalized learning with local steps (efcomm.personalized)."""
+"""Partially personalized learning with local steps (efcomm.sim.personalized)."""
 
-from efcomm import problems, sim
-from efcomm.personalized import fedavg, local_training
+from efcomm import sim
+from efcomm.sim import problems
+from efcomm.sim.personalized import fedavg, local_training
 
 
 PROBLEM = problems.shared_representation()  # 6 workers, a shared 12 x 2 representation

@@ -1,9 +1,10 @@
-"""EF21 when features are rare (efcomm.problems.rare_features)."""
+"""EF21 when features are rare (efcomm.sim.problems.rare_features)."""
 
 import pytest
 import torch
 
-from efcomm import Identity, TopK, problems, sim
+from efcomm import Identity, TopK, sim
+from efcomm.sim import problems
 
 
 def test_the_problem_has_rare_features():

@@ -1,11 +1,12 @@
 """Newton-type methods with compressed Hessians on generalized linear models
-(efcomm.second_order)."""
+(efcomm.sim.second_order)."""
 
 import pytest
 import torch
 
-from efcomm import Identity, TopK, problems, sim
-from efcomm.second_order import Bernoulli, Contractive, Lazy, Threshold, basis_learn, newton_3pc, project
+from efcomm import Identity, TopK, sim
+from efcomm.sim import problems
+from efcomm.sim.second_order import Bernoulli, Contractive, Lazy, Threshold, basis_learn, newton_3pc, project
 
 
 TARGET = 1e-10  # ||grad f||^2 relative to the start

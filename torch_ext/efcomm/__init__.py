@@ -1,7 +1,7 @@
 """efcomm: compressed DDP gradient communication with error feedback (EF21 and its relatives;
 Top-k, Rand-k and quantizers)."""
 
-from . import compressors, methods, ops  # efcomm.sim and efcomm.problems are imported on use
+from . import compressors, methods, ops  # the simulator (efcomm.sim) is a subpackage that this never imports
 from .bucket_state import BucketState
 from .compressors import *  # noqa: F401,F403  (every registered compressor: TopK, RandK, QSGD, ...)
 from .hook import ef_hook, register

@@ -45,7 +45,7 @@ class Method:
     # Elastic resume (a checkpoint of n ranks resumed by m != n, or by other ranks): how each
     # per-rank state tensor is re-formed, as {per-rank tensor: the shared tensor it is set to,
     # or None for zeros}; tensors not named are shared by every rank and carried as saved
-    # (README, "Elastic resume", says why each rule keeps the method sound).
+    # (docs/faults.md, "Elastic resume", says why each rule keeps the method sound).
     reform: ClassVar[dict] = {}
 
     def check_compressor(self, compressor, allow_biased: bool = False) -> None:

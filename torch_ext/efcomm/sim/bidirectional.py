@@ -17,7 +17,7 @@ h = w = mean). With the identity as C_s, w = h and the method is EF21.
 
 import math
 
-from .compressors import Compressor
+from ..compressors import Compressor
 from .problems import Problem
 from .simkit import Trace, apply_compressor, record
 

@@ -1,10 +1,12 @@
-"""efcomm.sim: n workers in one process, driven through the very methods and ops the DDP
-hook uses (efcomm.methods), on problems with known constants (efcomm.problems).
+"""The simulator's core (efcomm.sim.core, re-exported by efcomm.sim): n workers in one
+process, driven through the very methods and ops the DDP hook uses (efcomm.methods), on
+problems with known constants (efcomm.sim.problems).
 
-    from efcomm import sim, problems, TopK
-    history = sim.simulate(problems.beznosikov_counterexample(), "ef21", TopK(k=1), steps=2000, lr=0.01)
+    from efcomm import TopK
+    from efcomm.sim import problems, simulate
+    history = simulate(problems.beznosikov_counterexample(), "ef21", TopK(k=1), steps=2000, lr=0.01)
 
-    python -m efcomm.sim --out figures/     # draws the reproduction figures (efcomm.figures)
+    python -m efcomm.sim --out docs/figures   # draws the reproduction figures (efcomm.sim.figures)
 """
 
 import math
@@ -13,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from .cluster import Cluster
-from .compressors import Codec, Compressor, Context
-from .methods import Worker, make_method
+from ..cluster import Cluster
+from ..compressors import Codec, Compressor, Context
+from ..methods import Worker, make_method
 from .problems import Problem
 
 
@@ -166,9 +168,3 @@ def ef21_stepsize(alpha: float, L: float, L_tilde: float) -> float:
 def steps_to_reach(history: History, target: float) -> Optional[int]:
     """First step at which ||grad f||^2 <= target, or None."""
     return next((t for t, v in enumerate(history.grad_norm_sq) if v <= target), None)
-
-
-if __name__ == "__main__":
-    from .figures import main
-
-    main()

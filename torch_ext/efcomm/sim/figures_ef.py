@@ -4,8 +4,8 @@ at run lengths times ``scale`` and returns its path."""
 
 from pathlib import Path
 
-from .compressors import QSGD, Identity, Induced, Natural, RandK, ScaledSign, TopK
-from .methods import EF21SGDM, EF21W, LAG, EControl, MoTEF
+from ..compressors import QSGD, Identity, Induced, Natural, RandK, ScaledSign, TopK
+from ..methods import EF21SGDM, EF21W, LAG, EControl, MoTEF
 from .plots import semilogy, steps
 from .problems import (
     beznosikov_counterexample,
@@ -16,7 +16,7 @@ from .problems import (
     rare_features_smoothness,
     with_gradient_noise,
 )
-from .sim import ef21_stepsize, simulate
+from .core import ef21_stepsize, simulate
 
 GRAD = "||grad f||^2"
 HETEROGENEOUS_L = [1.0] * 9 + [100.0]

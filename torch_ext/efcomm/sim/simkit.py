@@ -1,5 +1,5 @@
-"""What the simulator's method modules share (efcomm.participation, efcomm.asynchrony,
-efcomm.bidirectional, efcomm.second_order, efcomm.personalized): the one adapter through
+"""What the simulator's method modules share (efcomm.sim.participation, .asynchrony,
+.bidirectional, .second_order, .personalized): the one adapter through
 which they reach efcomm's compressors, and the trace they record.
 
 Only ``apply_compressor`` touches the compressor layer's API, so that a change of that API
@@ -12,9 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .compressors import Codec, Compressor, Context
+from ..compressors import Codec, Compressor, Context
 from .problems import Problem
-from .sim import History
+from .core import History
 
 
 def apply_compressor(compressor: Compressor, x: Tensor, *, seed: int, step: int, bucket: int, rank: int) -> tuple:

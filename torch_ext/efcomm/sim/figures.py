@@ -1,5 +1,5 @@
-"""The simulator's reproduction figures: ``python -m efcomm.sim --out docs/figures`` (or
-``python -m efcomm.figures``) draws every figure of the README's simulator section; each
+"""The simulator's reproduction figures: ``python -m efcomm.sim.figures --all --out docs/figures``
+(or ``python -m efcomm.sim --out docs/figures``) draws every figure of docs/simulator.md; each
 draws a claim that tests/python/test_sim*.py asserts at smaller sizes."""
 
 import argparse
@@ -24,10 +24,14 @@ def figures(out: Path, scale: float = 1.0, only: Optional[list] = None) -> list:
 
 
 def main(argv: Optional[list] = None) -> None:
-    parser = argparse.ArgumentParser(description="Draw efcomm's simulator reproduction figures.")
+    parser = argparse.ArgumentParser(
+        prog="python -m efcomm.sim.figures", description="Draw efcomm's simulator reproduction figures."
+    )
     parser.add_argument("--out", default="docs/figures")
     parser.add_argument("--scale", type=float, default=1.0, help="run lengths times this (e.g. 0.1 for a quick look)")
-    parser.add_argument("--only", nargs="*", help=f"figure names, of {list(FIGURES)}")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every figure (the default)")
+    which.add_argument("--only", nargs="*", help=f"figure names, of {list(FIGURES)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the simulations use tiny tensors: threads only contend
     for path in figures(Path(args.out), args.scale, args.only):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .asynchrony import asynchronous_sgd, shuffled_sgd
 from .bidirectional import ef21_bc
-from .compressors import Identity, Induced, NonUniformRandK, RandK, TopK
+from ..compressors import Identity, Induced, NonUniformRandK, RandK, TopK
 from .participation import Sampling, dcsgd_pp, ef21_pp
 from .personalized import fedavg, local_training
 from .plots import semilogy, steps
@@ -20,7 +20,7 @@ from .problems import (
     shared_representation,
 )
 from .second_order import Bernoulli, Contractive, Lazy, Threshold, basis_learn, newton_3pc
-from .sim import ef21_stepsize, simulate
+from .core import ef21_stepsize, simulate
 
 GRAD = "||grad f||^2"
 INDUCED = Induced(TopK(k=1), RandK(k=1, unbiased=True))

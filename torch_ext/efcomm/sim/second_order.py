@@ -1,5 +1,5 @@
 """Second-order methods whose Hessian messages are compressed, on generalized linear models
-(problems with ``hessians``; efcomm.problems.logistic_glm).
+(problems with ``hessians``; efcomm.sim.problems.logistic_glm).
 
 * ``newton_3pc``: Newton-3PC (Islamov, Qian, Hanzely, Safaryan, Richtarik 2022, "Distributed
   Newton-Type Methods with Communication Compression and Bernoulli Aggregation", arXiv
@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .compressors import Compressor, Identity
+from ..compressors import Compressor, Identity
 from .problems import Problem
 from .simkit import Trace, apply_compressor, record
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .compressors import Compressor
+from ..compressors import Compressor
 from .problems import Problem
 from .simkit import Trace, apply_compressor, record
 
