@@ -87,6 +87,14 @@ MUTATIONS = [
         tests=rule("ef21"),
     ),
     dict(
+        name="ef21-local-estimate-frozen",
+        covers="EF21: h_i += c_i",
+        path=EF21,
+        old='        return codec.encode_(g, state["h_local"])',
+        new='        return codec.encode_(g, state["h_local"].clone())',
+        tests=rule("ef21"),
+    ),
+    dict(
         name="clip21-aggregate-sign",
         covers="Clip21: h += (1/n) sum_j clip(g_j - h_j) (EF21's decode)",
         path=EF21,
@@ -124,6 +132,14 @@ MUTATIONS = [
         path=EF21,
         old="codec.decode_add_(e, message.unsqueeze(0), scale=-1.0)  # e += r - delta",
         new="codec.decode_add_(e, message.unsqueeze(0), scale=1.0)  # e += r - delta",
+        tests=rule("econtrol"),
+    ),
+    dict(
+        name="econtrol-local-estimate-frozen",
+        covers="EControl: h_i += delta_i",
+        path=EF21,
+        old="        codec.decode_add_(h_local, message.unsqueeze(0))  # h_local += delta",
+        new="        pass",
         tests=rule("econtrol"),
     ),
     dict(
