@@ -17,9 +17,10 @@ from efcomm.methods import CLAG, LAG, AdaCGD, Clip21, EControl, EF21SGDM, EF21W,
 
 NUMEL, K, WORLD = 16, 4, 2
 
-# name, the method as efcomm takes it, the reference's parameters, gradient settings (see
-# gradients()). The settings make every branch run within the steps: Clip21 clips and does
-# not; the lazy methods have silent and sending ranks; AdaCGD uses more than one rung.
+# name, the method as efcomm takes it, its parameters for the reference (Top-4 of 16 entries
+# for the methods that take a compressor). With gradients() below they make every branch run
+# within STEPS (checked): Clip21 clips and does not; the lazy methods have steps with no
+# sender, one and both; AdaCGD uses every rung.
 METHODS = [
     ("ef21", "ef21", {}),
     ("ef21-sgdm", EF21SGDM(eta=0.3), {"eta": 0.3}),
@@ -47,8 +48,9 @@ def gradients(step: int, rank: int, numel: int = NUMEL) -> torch.Tensor:
     return base + 0.3 * max(0, step - 1) * drift + 0.3 * noise
 
 
-def cluster_for(method, world: int = WORLD, **options) -> Cluster:
-    options = dict(min_compress_numel=1, always_compress=True, allow_biased=True, **options)
+def cluster_for(method, world: int = WORLD) -> Cluster:
+    """Every bucket compressed (16 entries); ``none`` takes Top-k here (allow_biased)."""
+    options = dict(min_compress_numel=1, always_compress=True, allow_biased=True)
     return Cluster.create(world, method, efcomm.TopK(k=K), **options)
 
 
