@@ -84,7 +84,7 @@ SGD_METHODS = ("ef21-sgdm", "motef")
 def run_spec(name: str) -> HookSpec:
     """The hook of a run name (see the module docstring): an optimizer prefix ("sgd/" or
     "adamw/") is dropped, and method parameters in brackets (``ef21-sgdm[eta=0.05]:topk:0.01``)
-    make the method object."""
+    make the method object (numbers, or true/false)."""
     base = name.split("/", 1)[1] if name.startswith(("sgd/", "adamw/")) else name
     if base == "default":
         return HookSpec(name, "efcomm-default", "all_gather")
@@ -95,7 +95,8 @@ def run_spec(name: str) -> HookSpec:
     if not close:
         raise argparse.ArgumentTypeError(f"run {name!r}: unclosed '[' in the method's parameters")
     try:
-        options = {k: float(v) for k, v in (item.split("=") for item in params.split(",") if item)}
+        value = lambda v: {"true": True, "false": False}[v.lower()] if v.lower() in ("true", "false") else float(v)
+        options = {k: value(v) for k, v in (item.split("=") for item in params.split(",") if item)}
     except ValueError:
         raise argparse.ArgumentTypeError(f"run {name!r}: method parameters must be key=number") from None
     spec = parse_hook(method_text + tail)
@@ -158,6 +159,15 @@ def run_config(args, name: str, steps: int, seed: int) -> lm.LMConfig:
     )
 
 
+def schedule(args) -> list[tuple[int, int, str]]:
+    """The (length, seed, run) triples, in order: every run at every length with the first
+    seed; at the longest length, the runs of --seed-runs again with each further seed."""
+    plan = [(steps, args.seeds[0], name) for steps in args.steps for name in args.runs]
+    longest = max(args.steps)
+    plan += [(longest, seed, name) for seed in args.seeds[1:] for name in args.runs if name in args.seed_runs]
+    return plan
+
+
 def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir: str) -> None:
     torch.set_num_threads(1)
     device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
@@ -166,24 +176,22 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
     dist.init_process_group(args.backend, init_method=init_method, rank=rank, world_size=world)
     try:
         results = []
-        for steps in args.steps:
-            for seed in args.seeds:
-                for name in args.runs:
-                    spec, cfg = run_spec(name), run_config(args, name, steps, seed)
-                    install = lambda ddp: Bytes(spec, ddp, powersgd_start=max(2, steps // 10))  # noqa: B023
-                    run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
-                    label = spec.label() if spec.kind != "efcomm-default" else f"efcomm default: {efcomm.EFState()!r}"
-                    results.append(
-                        {"name": name, "label": label, "seed": seed, "steps": steps, "optimizer": cfg.optimizer} | run
-                    )
-                    if rank == 0:
-                        r = results[-1]
-                        print(
-                            f"  {name:<28} seed {seed} {steps:>5} steps: val {r['final_val_loss']:.4f}, "
-                            f"{r['bytes_per_rank_per_step'] / r['dense_bytes_per_rank_per_step']:.4%} of dense bytes, "
-                            f"{r['wall_s']:.0f} s",
-                            flush=True,
-                        )
+        for steps, seed, name in schedule(args):
+            spec, cfg = run_spec(name), run_config(args, name, steps, seed)
+            install = lambda ddp: Bytes(spec, ddp, powersgd_start=max(2, steps // 10))  # noqa: B023
+            run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
+            label = spec.label() if spec.kind != "efcomm-default" else f"efcomm default: {efcomm.EFState()!r}"
+            results.append(
+                {"name": name, "label": label, "seed": seed, "steps": steps, "optimizer": cfg.optimizer} | run
+            )
+            if rank == 0:
+                r = results[-1]
+                print(
+                    f"  {name:<28} seed {seed} {steps:>5} steps: val {r['final_val_loss']:.4f}, "
+                    f"{r['bytes_per_rank_per_step'] / r['dense_bytes_per_rank_per_step']:.4%} of dense bytes, "
+                    f"{r['wall_s']:.0f} s",
+                    flush=True,
+                )
         if rank == 0:
             torch.save(results, Path(out_dir) / "results.pt")
         dist.barrier()
@@ -309,7 +317,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=_run_name, default=list(DEFAULT_RUNS))
     parser.add_argument("--steps", nargs="+", type=_positive_int, default=[300, 1000], help="run lengths")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--seed-runs",
+        nargs="*",
+        default=["allreduce", "default"],
+        help="the runs repeated with every seed at the longest length (the others: the first seed)",
+    )
     parser.add_argument("--world-size", type=_positive_int, default=4)
     parser.add_argument("--corpus", default=None, help="a folder of text files (default: the stdlib's *.py)")
     parser.add_argument("--max-corpus-bytes", type=_positive_int, default=64 * 2**20)

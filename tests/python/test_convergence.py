@@ -36,23 +36,40 @@ def tiny(tmp_path_factory):
 def test_every_run_has_its_record_and_the_table_and_figure_are_written(tiny):
     record, stdout, out = tiny
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [r["name"] for r in record["runs"]] == list(TINY_RUNS)
+    # Every run with seed 0; the dense run and the default again with seeds 1 and 2.
+    assert [(r["name"], r["seed"]) for r in record["runs"]] == [(name, 0) for name in TINY_RUNS] + [
+        (name, seed) for seed in (1, 2) for name in ("allreduce", "default")
+    ]
+    summary = {row["name"]: row for row in record["summary"]}
+    assert summary["default"]["seeds"] == [0, 1, 2] and summary["ef21:topk:0.1"]["seeds"] == [0]
+    default_losses = [r["final_val_loss"] for r in record["runs"] if r["name"] == "default"]
+    assert summary["default"]["final_val_loss"] == pytest.approx(sum(default_losses) / 3)
+    assert summary["default"]["spread"] == pytest.approx(max(default_losses) - min(default_losses))
+    assert summary["default"]["spread"] > 0
     assert record["corpus"]["sha256"] in lm.load_corpus()["sha256"] and record["corpus"]["files"] > 50
     for r in record["runs"]:
-        assert set(r) >= {"name", "final_val_loss", "bytes_per_rank_per_step", "dense_bytes_per_rank_per_step", "val_curve"}
+        assert set(r) >= {
+            "name",
+            "final_val_loss",
+            "bytes_per_rank_per_step",
+            "dense_bytes_per_rank_per_step",
+            "val_curve",
+        }
         steps = [s for s, _ in r["val_curve"]]
         assert steps == [0, 4, 8, 10] and all(math.isfinite(v) for _, v in r["val_curve"])
         assert r["final_val_loss"] == r["val_curve"][-1][1]
         assert f"| 10    | {r['name']}" in stdout
-    # Every run starts from the same model and sees the same first batch.
-    assert len({r["val_curve"][0][1] for r in record["runs"]}) == 1
+    # Every run of a seed starts from the same model and sees the same batches.
+    assert len({r["val_curve"][0][1] for r in record["runs"] if r["seed"] == 0}) == 1
     assert len({r["val_curve"][1][1] for r in record["runs"] if r["optimizer"] == "adamw"}) > 1
     assert [r["optimizer"] for r in record["runs"]].count("sgd") == 1  # ef21-sgdm takes plain SGD
+    dense = [r for r in record["runs"] if r["name"] == "allreduce"]
+    assert dense[0]["val_curve"][0][1] != dense[1]["val_curve"][0][1]  # another seed, another model
 
 
 def test_bytes_per_step_follow_what_each_hook_sends(tiny):
     record, _, _ = tiny
-    runs = {r["name"]: r for r in record["runs"]}
+    runs = {r["name"]: r for r in record["runs"] if r["seed"] == 0}
     dense = runs["allreduce"]["dense_bytes_per_rank_per_step"]
     assert dense == 4 * sum(p.numel() for p in lm.ByteGPT(lm.LMConfig(**lm.TINY)).parameters())
     assert runs["allreduce"]["bytes_per_rank_per_step"] == dense

@@ -16,16 +16,29 @@ class EF21(Method):
 
     Init (dense exchange): h_i = g_i, h = mean_j g_j. Step: c_i = C(g_i - h_i); h_i += c_i;
     h += (1/n) sum_j c_j; out = h.
+
+    ``dense_start=False`` starts at h_i = h = 0 instead (no dense exchange; the analysis allows
+    any h_i^0, Theorem 1): until a coordinate is first sent, the output there is 0 rather than
+    the first step's gradient, which an adaptive optimizer (Adam) would otherwise keep
+    stepping along at full speed (benchmarks/convergence.py, docs/convergence.md).
     """
 
     name = "ef21"
     dense_init = True
+
+    def __init__(self, dense_start: bool = True) -> None:
+        if not isinstance(dense_start, bool):
+            raise ValueError(f"efcomm: {self.name} dense_start ({dense_start!r}) must be a bool")
+        self.dense_init = dense_start
+
     # h_i := h keeps h = mean_i h_i (and EF21-W's h = sum_i w_i h_i); EF21's analysis allows
     # any h_i at the start (arXiv 2106.05203, Theorem 1: the bound carries G^0 = mean_i
     # ||h_i^0 - grad f_i(x^0)||^2), so a resumed run is EF21 started afresh from that state.
     reform = {"h_local": "h"}
 
     def init_state(self, g, g_mean, worker):
+        if g_mean is None:  # dense_start=False
+            return {"h_local": torch.zeros_like(g), "h": torch.zeros_like(g)}
         return {"h_local": g.detach().clone(), "h": g_mean}
 
     def encode(self, g, state, codec, worker):
@@ -34,6 +47,9 @@ class EF21(Method):
     def decode(self, state, gathered, codec, g, worker):
         codec.decode_add_(state["h"], gathered)
         return state["h"]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()" if self.dense_init else f"{type(self).__name__}(dense_start=False)"
 
 
 @register_method
@@ -49,12 +65,15 @@ class EF21SGDM(EF21):
     name = "ef21-sgdm"
     reform = {"v": "h", "h_local": "h"}
 
-    def __init__(self, eta: float = 0.1) -> None:
+    def __init__(self, eta: float = 0.1, dense_start: bool = True) -> None:
         if not (isinstance(eta, (int, float)) and 0.0 < eta <= 1.0):
             raise ValueError(f"efcomm: ef21-sgdm eta ({eta!r}) must be in (0, 1]")
+        super().__init__(dense_start)
         self.eta = float(eta)
 
     def init_state(self, g, g_mean, worker):
+        if g_mean is None:  # dense_start=False: v_i = g_i (local), h_i = h = 0
+            return {"v": g.detach().clone(), "h_local": torch.zeros_like(g), "h": torch.zeros_like(g)}
         return {"v": g.detach().clone(), "h_local": g.detach().clone(), "h": g_mean}
 
     def encode(self, g, state, codec, worker):
@@ -62,7 +81,7 @@ class EF21SGDM(EF21):
         return codec.encode_(state["v"], state["h_local"])
 
     def __repr__(self) -> str:
-        return f"EF21SGDM(eta={self.eta})"
+        return f"EF21SGDM(eta={self.eta})" if self.dense_init else f"EF21SGDM(eta={self.eta}, dense_start=False)"
 
 
 @register_method
