@@ -201,10 +201,11 @@ def test_econtrol_controls_the_noise_that_ef21_amplifies_but_classic_ef_does_bet
     compressor = TopK(k=1)
     lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
     floors = {
-        name: noise_floor(m, compressor, lr, steps=1500, tail=500)
+        name: noise_floor(m, compressor, lr, steps=1000, tail=400)
         for name, m in (("ef21", "ef21"), ("econtrol", EControl()), ("ef", "ef"))
     }
-    # When written: ef21 0.58, econtrol 0.20, ef 0.047.
+    # When written: ef21 0.66, econtrol 0.18, ef 0.043 (1500 steps, the last 500: 0.58, 0.20,
+    # 0.047).
     assert floors["econtrol"] < 0.5 * floors["ef21"], floors
     assert floors["ef"] < floors["econtrol"], floors
 
@@ -221,10 +222,10 @@ def test_econtrol_beats_ef_and_ef21_where_heterogeneity_and_noise_meet():
     lr = 2 * sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
     floors = {}
     for name, m in (("econtrol", EControl()), ("ef", "ef"), ("ef21", EControl(eta=0.0))):
-        g = sim.simulate(problem, m, compressor, steps=1000, lr=lr, batch_size=1, seed=1).grad_norm_sq
-        floors[name] = sum(g[-300:]) / 300
-    # When written: econtrol 0.014, ef 0.10, ef21 0.025 (seeds 2 and 3: 0.013 / 0.11 / 0.034
-    # and 0.017 / 0.10 / 0.036).
+        g = sim.simulate(problem, m, compressor, steps=700, lr=lr, batch_size=1, seed=1).grad_norm_sq
+        floors[name] = sum(g[-250:]) / 250
+    # When written: econtrol 0.017, ef 0.099, ef21 0.030 (seeds 2 and 3: 0.018 / 0.10 / 0.036
+    # and 0.015 / 0.10 / 0.026).
     assert floors["econtrol"] < 0.3 * floors["ef"], floors
     assert floors["econtrol"] < 0.7 * floors["ef21"], floors
 
