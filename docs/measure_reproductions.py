@@ -12,6 +12,7 @@ import torch
 from efcomm import FP8, QSGD, Clip, Identity, Induced, Int8, Natural, NonUniformRandK, RandK, ScaledSign, TopK, sim
 from efcomm.methods import CLAG, EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF
 from efcomm.sim import problems
+from efcomm.sim.asynchrony import asynchronous_sgd, shuffled_sgd
 from efcomm.sim.bidirectional import ef21_bc, total_bits
 from efcomm.sim.participation import Sampling, dcsgd_pp, ef21_pp
 from efcomm.sim.personalized import fedavg, local_training
@@ -238,6 +239,13 @@ def main():
     bc = {n: ef21_bc(bl, TopK(k=2), s, steps=150, lr=0.5) for n, s in (("dense", Identity()), ("top2", TopK(k=2)))}
     r = {n: sim.steps_to_reach(t, 1e-8 * t.grad_norm_sq[0]) for n, t in bc.items()}
     line("ef21-bc (steps, bits up+down)", **{n: (r[n], total_bits(bc[n], r[n])) for n in bc})
+    fl = {}
+    for lr in (0.04, 0.01):
+        for a in ("pure", "shuffle"):
+            fl[f"{a}_{lr}"] = floor(asynchronous_sgd(pq, [1.0, 1.0, 1.0, 8.0], steps=600, lr=lr, assignment=a), 100)
+        fl[f"RR_{lr}"] = floor(shuffled_sgd(pq, epochs=150, lr=lr), 100)
+        fl[f"SO_{lr}"] = floor(shuffled_sgd(pq, epochs=150, lr=lr, reshuffle=False), 100)
+    line("asynchrony floors", **fl)
     glm = problems.logistic_glm(n=4, d=10, lam=1e-3, decades=1.0)
     mech = {
         "dense": Contractive(Identity()),
