@@ -237,12 +237,12 @@ def test_econtrol_warns_when_eta_exceeds_alpha():
     compressor = TopK(k=1)  # alpha = 0.05
     lr = sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
     final = {}
-    for eta in (None, 0.05, 0.1, 0.2):
+    for eta in (None, 0.1, 0.2):  # None: alpha itself
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             final[eta] = sim.simulate(problem, EControl(eta=eta), compressor, steps=300, lr=lr).grad_norm_sq
         messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-        if eta is None or eta <= 0.05:
+        if eta is None:
             assert messages == [], eta
         else:
             assert len(messages) == 1, (eta, messages)  # once, not every step
