@@ -85,6 +85,17 @@ MUTATIONS = [
         ],
     ),
     dict(
+        name="econtrol-error-accumulates-negated",
+        covers="finding 6 (and 15, the simulator's side): EControl's error e_i accumulating -(g_i - h_i)",
+        path=EF21,
+        old="        e.add_(r)\n",
+        new="        e.sub_(r)\n",
+        tests=[
+            T + "test_sim.py::test_econtrol_beats_ef_and_ef21_where_heterogeneity_and_noise_meet",
+            T + "test_sim.py::test_econtrol_controls_the_noise_that_ef21_amplifies_but_classic_ef_does_better_here",
+        ],
+    ),
+    dict(
         name="econtrol-silent-eta",
         covers="finding 6: EControl's eta > alpha check removed (diverges silently)",
         path=EF21,
