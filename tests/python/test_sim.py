@@ -1,6 +1,7 @@
 """The simulator reproduces known results, through the same method ops as the DDP hook."""
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,10 +9,10 @@ import torch
 
 import efcomm
 
-from efcomm import FP8, QSGD, Induced, Int8, Natural, RandK, ScaledSign, TopK, sim
+from efcomm import FP8, QSGD, Clip, Induced, Int8, Natural, RandK, ScaledSign, TopK, sim
 from efcomm.sim import figures, problems
 from efcomm.compressors import Codec
-from efcomm.methods import EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF, Worker, make_method
+from efcomm.methods import CLAG, EF21SGDM, EF21W, LAG, AdaCGD, Clip21, EControl, MoTEF, Worker, make_method
 
 
 # Smaller than the figures' problems, so that the whole file runs in seconds.
@@ -69,28 +70,40 @@ def test_ef21w_is_ef21_with_a_positively_homogeneous_compressor():
     assert ef21w.grad_norm_sq[:reached] == pytest.approx(ef21.grad_norm_sq[:reached], rel=1e-4)
 
 
-def test_the_arithmetic_mean_step_size_speeds_ef21_up_by_the_ratio_of_the_step_sizes():
+def test_the_step_size_ratio_is_by_construction_and_the_arithmetic_mean_step_is_not_the_edge():
     """Richtarik, Gasanov, Burlachenko 2024 (arXiv 2402.10774) improve EF21's analysis: its
     step size 1 / (L + L_tilde xi) may use the arithmetic mean of the L_i for L_tilde where
-    the original analysis (arXiv 2106.05203, Theorem 1) needs their quadratic mean. Plain
-    EF21 at the larger step converges, faster by the ratio of the two step sizes,
-    (L + L_QM xi) / (L + L_AM xi), which is not L_QM / L_AM."""
+    the original analysis (arXiv 2106.05203, Theorem 1) needs their quadratic mean. EF21 at
+    the larger step converges faster by the ratio of the two step sizes,
+    (L + L_QM xi) / (L + L_AM xi), which is not L_QM / L_AM.
+
+    By construction, not a reproduction: steps to a target scale as 1 / lr for any method,
+    and gradient descent (the identity compressor) shows the same ratio. What the paper
+    proves, that the larger step is safe, is not under test at this step either: EF21 with
+    Top-4 still converges at 8x the arithmetic-mean step (the theory steps are far from the
+    edge of stability here)."""
     problem = problems.quadratic(HETEROGENEOUS_L, d=20)
     compressor = TopK(k=4)
     alpha = compressor.alpha(problem.d)
     xi = ef21_theory_xi(alpha)
     predicted = (problem.L + problem.L_qm * xi) / (problem.L + problem.L_am * xi)
-    reached = {}
-    for name, L_tilde, steps in (("am", problem.L_am, 260), ("qm", problem.L_qm, 700)):
-        h = sim.simulate(problem, "ef21", compressor, steps=steps, lr=sim.ef21_stepsize(alpha, problem.L, L_tilde))
-        reached[name] = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
-        assert reached[name] is not None, name
-    # When written: 674 and 245 steps, 2.75x measured against 2.70x predicted (L_QM / L_AM:
-    # 2.90). On the figure's problem (d = 100, Top-10): 2521 / 894 = 2.82x against 2.80x.
-    assert reached["qm"] / reached["am"] == pytest.approx(predicted, rel=0.05)
-    assert abs(reached["qm"] / reached["am"] - predicted) < abs(
-        reached["qm"] / reached["am"] - problem.L_qm / problem.L_am
-    )
+    ratio = {}
+    for name, c in (("ef21", compressor), ("identity", efcomm.Identity())):
+        reached = {}
+        for mean, L_tilde, steps in (("am", problem.L_am, 260), ("qm", problem.L_qm, 700)):
+            h = sim.simulate(problem, "ef21", c, steps=steps, lr=sim.ef21_stepsize(alpha, problem.L, L_tilde))
+            reached[mean] = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
+            assert reached[mean] is not None, (name, mean)
+        ratio[name] = reached["qm"] / reached["am"]
+    # When written: EF21 674 / 245 = 2.75x, identity 684 / 253 = 2.70x; predicted 2.70x
+    # (L_QM / L_AM: 2.90).
+    assert ratio["ef21"] == pytest.approx(predicted, rel=0.05)
+    assert abs(ratio["ef21"] - predicted) < abs(ratio["ef21"] - problem.L_qm / problem.L_am)
+    assert ratio["identity"] == pytest.approx(ratio["ef21"], rel=0.05)  # the control shows it too
+    lr = 8 * sim.ef21_stepsize(alpha, problem.L, problem.L_am)
+    far = sim.simulate(problem, "ef21", compressor, steps=120, lr=lr)
+    # When written: 4.7e-12 relative after 120 steps.
+    assert far.grad_norm_sq[-1] < 1e-6 * far.grad_norm_sq[0]
 
 
 NOISY = problems.with_gradient_noise(problems.quadratic([1.0, 1.0, 1.0, 10.0], d=20), sigma=1.0)
@@ -111,7 +124,7 @@ def test_ef21_sgdm_beats_ef21_sgd_with_small_batches():
         name: noise_floor(m, compressor, lr, steps=900, tail=300)
         for name, m in (("ef21", "ef21"), ("sgdm", EF21SGDM(eta=0.1)))
     }
-    # When written: ef21 0.41, ef21-sgdm (eta 0.1) 0.077.
+    # Measured (issue 22 re-run): ef21 0.44, ef21-sgdm (eta 0.1) 0.070.
     assert floors["sgdm"] < 0.3 * floors["ef21"]
     eta_one = sim.simulate(NOISY, EF21SGDM(eta=1.0), compressor, steps=100, lr=lr, batch_size=1, seed=1)
     ef21 = sim.simulate(NOISY, "ef21", compressor, steps=100, lr=lr, batch_size=1, seed=1)
@@ -178,19 +191,66 @@ def test_ef21_family_converges_where_ef_stalls_on_heterogeneous_quadratics():
     assert ef[-1] > 1e3 * runs["econtrol"][-1]
 
 
-def test_econtrol_controls_the_noise_that_ef21_amplifies():
+def test_econtrol_controls_the_noise_that_ef21_amplifies_but_classic_ef_does_better_here():
     """Where EControl and EF21 differ: stochastic gradients (arXiv 2311.05645: EF21's
     analysis with stochastic gradients needs large batches; EControl's does not). Variance
     1, batch size 1, Top-1 of 20, the same step (EF21's theory step): EControl, with its
-    default eta (the compressor's alpha, k/d), settles at a lower ||grad f||^2 than EF21."""
+    default eta (the compressor's alpha, k/d), settles at a lower ||grad f||^2 than EF21.
+    Classic EF, on these mildly heterogeneous quadratics, settles lower than both: the noise
+    claim against EF does not reproduce here (next test: where heterogeneity matters too)."""
     compressor = TopK(k=1)
     lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
     floors = {
-        name: noise_floor(m, compressor, lr, steps=1500, tail=500)
-        for name, m in (("ef21", "ef21"), ("econtrol", EControl()))
+        name: noise_floor(m, compressor, lr, steps=800, tail=300)
+        for name, m in (("ef21", "ef21"), ("econtrol", EControl()), ("ef", "ef"))
     }
-    # When written: ef21 0.45, econtrol 0.17.
+    # When written: ef21 0.53, econtrol 0.20, ef 0.057 (seed 2: 0.67, 0.17, 0.056; 1500 steps,
+    # the last 500: 0.58, 0.20, 0.047).
     assert floors["econtrol"] < 0.5 * floors["ef21"], floors
+    assert floors["ef"] < floors["econtrol"], floors
+
+
+def test_econtrol_beats_ef_and_ef21_where_heterogeneity_and_noise_meet():
+    """EControl's claim (arXiv 2311.05645): no heterogeneity bound (where classic EF needs
+    one) and EF-like control of the noise (where EF21 amplifies it), at once. One regime
+    where both matter: the heterogeneous quadratics (L_i nine 1s and one 100, different
+    minimisers) with gradient noise 0.3, batch 1, Top-1 of 20, at 2x EF21's arithmetic-mean
+    theory step. The controls: classic EF (no heterogeneity control) and EF21 (EControl
+    with eta = 0: no error control)."""
+    problem = problems.with_gradient_noise(problems.quadratic(HETEROGENEOUS_L, d=20), sigma=0.3)
+    compressor = TopK(k=1)
+    lr = 2 * sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
+    floors = {}
+    for name, m in (("econtrol", EControl()), ("ef", "ef"), ("ef21", EControl(eta=0.0))):
+        g = sim.simulate(problem, m, compressor, steps=700, lr=lr, batch_size=1, seed=1).grad_norm_sq
+        floors[name] = sum(g[-250:]) / 250
+    # When written: econtrol 0.017, ef 0.099, ef21 0.030 (seeds 2 and 3: 0.018 / 0.10 / 0.036
+    # and 0.015 / 0.10 / 0.026).
+    assert floors["econtrol"] < 0.3 * floors["ef"], floors
+    assert floors["econtrol"] < 0.7 * floors["ef21"], floors
+
+
+def test_econtrol_warns_when_eta_exceeds_alpha():
+    """eta above the compressor's alpha: a warning, once per bucket size (not an error:
+    2 alpha still converges here, 4 alpha diverges)."""
+    problem = problems.quadratic(HETEROGENEOUS_L, d=20)
+    compressor = TopK(k=1)  # alpha = 0.05
+    lr = sim.ef21_stepsize(compressor.alpha(problem.d), problem.L, problem.L_am)
+    final = {}
+    for eta in (None, 0.1, 0.2):  # None: alpha itself
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            final[eta] = sim.simulate(problem, EControl(eta=eta), compressor, steps=300, lr=lr).grad_norm_sq
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        if eta is None:
+            assert messages == [], eta
+        else:
+            assert len(messages) == 1, (eta, messages)  # once, not every step
+            assert f"eta ({eta}) exceeds the compressor's alpha (0.05) on a bucket of 20 elements" in messages[0]
+    # When written: from 1085, eta 0.1 at 0.29 after 300 steps (0.02 after 600); eta 0.2
+    # falls to 4.1 and grows again, to 117 after 300 steps (5e6 after 600).
+    assert final[0.1][-1] < 1.0
+    assert final[0.2][-1] > 10 * min(final[0.2]) and final[0.2][-1] > 100 * final[0.1][-1]
 
 
 def test_clip21_converges_with_messages_bounded_by_tau():
@@ -198,8 +258,11 @@ def test_clip21_converges_with_messages_bounded_by_tau():
     message a worker sends has norm at most tau."""
     problem = problems.logistic_nonconvex(**LOGISTIC)
     h = sim.simulate(problem, Clip21(tau=0.01), TopK(k=1), steps=600, lr=0.5)
-    # When written: 0.446 -> 6.9e-15.
+    # The control: naive clipping, every worker sending clip_tau(g_i) (no error feedback).
+    naive = sim.simulate(problem, "none", Clip(0.01), steps=600, lr=0.5)
+    # When written: 0.446 -> 2.4e-14 relative; naive clipping stalls at 0.46 relative.
     assert h.grad_norm_sq[-1] < 1e-8 * h.grad_norm_sq[0]
+    assert naive.grad_norm_sq[-1] > 0.1 * naive.grad_norm_sq[0]
     assert h.bits_per_worker[-1] == 600 * 32 * problem.d  # dense float32 messages
     g = problem.grads(problem.x0)[0]
     method = Clip21(tau=0.01)
@@ -225,14 +288,52 @@ def test_lag_skips_communication_without_slowing_down():
     assert reached[16.0][1] < 0.5 * reached[0.0][1]
 
 
-def test_adacgd_converges_and_adapts_its_messages():
+def lazy_bits_to_target(problem, method, compressor, lr, steps=140):
+    h = sim.simulate(problem, method, compressor, steps=steps, lr=lr)
+    reached = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
+    assert reached is not None, method
+    return reached, h.bits_per_worker[reached]
+
+
+def test_clag_needs_fewer_bits_than_ef21_with_the_same_compressor():
+    """3PC (arXiv 2202.00998): CLAG, EF21 whose workers stay silent while their gradient has
+    moved little, reaches an accuracy with fewer bits than EF21 with the same compressor.
+    Non-convex logistic regression, Top-4 of 20, 16x EF21's theory step (where the
+    compression, not the step, limits the run). The control: zeta = 0 (never silent) is EF21
+    plus the per-step choice, and needs more bits than EF21."""
     problem = problems.logistic_nonconvex(**LOGISTIC)
-    lr = 4 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
-    method = AdaCGD(ratios=(0.05, 0.2, 0.5), zeta=4.0)
-    h = sim.simulate(problem, method, TopK(k=1), steps=450, lr=lr)
-    # When written: 399 steps to 1e-6 relative; per-step bits of 18 different sizes.
-    assert sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0]) is not None
-    per_step = [b - a for a, b in zip(h.bits_per_worker[1:], h.bits_per_worker[2:])]
+    lr = 16 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
+    ef21 = lazy_bits_to_target(problem, "ef21", TopK(k=4), lr)
+    clag = lazy_bits_to_target(problem, CLAG(16.0), TopK(k=4), lr)
+    never_silent = lazy_bits_to_target(problem, CLAG(0.0), TopK(k=4), lr)
+    # When written: EF21 100 steps, 25,984 bits; CLAG (zeta 16) 100 steps, 16,710 bits;
+    # zeta 0: 100 steps, 29,184 bits.
+    assert clag[0] <= 1.1 * ef21[0]
+    assert clag[1] < 0.75 * ef21[1]
+    assert never_silent[1] >= ef21[1]
+
+
+def test_adacgd_beats_its_finer_rungs_but_not_the_cheapest_fixed_level():
+    """AdaCGD (Makarenko et al. 2022, arXiv 2211.00188) claims that choosing the compression
+    level adaptively beats every fixed level. Same problem and step as CLAG above, the ladder
+    Top-1/4/10 of 20, zeta 16 (the best of 1, 4, 16 when written). It needs fewer bits than
+    EF21 fixed at Top-4 (or 10, 20), and sends messages of several sizes; but EF21 fixed at
+    the cheapest rung, Top-1, needs fewer bits than AdaCGD: against the best fixed level the
+    claim does not reproduce here."""
+    problem = problems.logistic_nonconvex(**LOGISTIC)
+    lr = 16 * sim.ef21_stepsize(1 / problem.d, problem.L, problem.L_qm)
+    method = AdaCGD(ratios=(0.05, 0.2, 0.5), zeta=16.0)
+    h = sim.simulate(problem, method, TopK(k=1), steps=140, lr=lr)
+    reached = sim.steps_to_reach(h, 1e-6 * h.grad_norm_sq[0])
+    assert reached is not None
+    ada = h.bits_per_worker[reached]
+    top4 = lazy_bits_to_target(problem, "ef21", TopK(k=4), lr)[1]
+    top1 = lazy_bits_to_target(problem, "ef21", TopK(k=1), lr)[1]
+    # When written: AdaCGD 101 steps, 16,268 bits; EF21 Top-4 25,984; EF21 Top-1 111 steps,
+    # 7,680 bits.
+    assert ada < 0.75 * top4
+    assert top1 < ada  # does not reproduce against the cheapest fixed level
+    per_step = [b - a for a, b in zip(h.bits_per_worker[1:reached], h.bits_per_worker[2:reached])]
     assert len({round(b) for b in per_step}) >= 3  # messages of several sizes, and silences
 
 
@@ -298,8 +399,30 @@ def test_induced_compressor_needs_fewer_bits_than_rand_k_where_energy_concentrat
     # each at its best step of the grid (0.2, 0.3, 0.5, 0.7), found when written
     rand = bits_to_stay_below(RandK(k=10, unbiased=True), lr=0.2)
     induced = bits_to_stay_below(Induced(TopK(k=2), RandK(k=6, unbiased=True)), lr=0.5)
-    # When written: Rand-10 142,720 bits (lr 0.2), induced 106,240 (lr 0.5): 1.34x fewer.
+    # Measured (issue 22 re-run): Rand-10 133,760 bits (lr 0.2), induced 100,480 (lr 0.5): 1.33x
+    # fewer.
     assert induced * 1.2 < rand < math.inf
+
+
+def test_induced_compressor_does_not_beat_top_k_with_error_feedback_at_equal_bits():
+    """The paper's own comparison (arXiv 2006.11077): the induced compressor replaces error
+    feedback with Top-k, with independent compressors per worker. At equal bits per step
+    (256: Top-1 and Rand-3 with independent indices, against Top-4 with EF) on the same
+    problem, Top-4 with EF stays below 1e-4 relative with fewer bits: does not reproduce here.
+    Steps from the grid 0.5, 0.7, 1.0 when written: the induced run's best (0.7), EF's (1.0)."""
+    problem = problems.ill_conditioned_quadratic()
+
+    def bits_to_stay_below(method, compressor, lr, target=1e-4, window=200):
+        h = sim.simulate(problem, method, compressor, steps=360, lr=lr)
+        g = h.grad_norm_sq
+        hit = next((t for t in range(len(g) - window) if max(g[t : t + window]) <= target * g[0]), None)
+        assert h.bits_per_worker[2] - h.bits_per_worker[1] == 256, compressor
+        return math.inf if hit is None else h.bits_per_worker[hit]
+
+    induced = bits_to_stay_below("none", Induced(TopK(k=1), RandK(k=3, unbiased=True, shared=False)), lr=0.7)
+    ef = bits_to_stay_below("ef", TopK(k=4), lr=1.0)
+    # When written: induced 32,512 bits (lr 0.7; 44,032 at 0.5, 45,824 at 1.0), EF Top-4 22,272.
+    assert ef * 1.2 < induced < math.inf
 
 
 def test_ef21_converges_with_every_contractive_compressor():
@@ -318,7 +441,7 @@ def test_ef21_converges_with_every_contractive_compressor():
     )
     for compressor in compressors:
         h = sim.simulate(problem, "ef21", compressor, steps=200, lr=0.5)
-        # When written: 0.446 -> between 2e-14 and 4e-10 (relative) for each.
+        # Measured (issue 22 re-run): 0.446 -> below 4e-11 (relative) for each.
         assert h.grad_norm_sq[-1] < 1e-8 * h.grad_norm_sq[0], compressor
 
 
@@ -351,7 +474,7 @@ def test_motef_momentum_lowers_the_noise_floor():
     lr = sim.ef21_stepsize(compressor.alpha(NOISY.d), NOISY.L, NOISY.L_am)
     runs = (("ef21", "ef21"), ("momentum", MoTEF(gamma=0.1, lam=0.05)), ("none", MoTEF(gamma=0.1, lam=1.0)))
     floors = {name: noise_floor(m, compressor, lr, steps=900, tail=300) for name, m in runs}
-    # When written: ef21 0.41, MoTEF lambda 0.05 0.066, lambda 1 0.74.
+    # Measured (issue 22 re-run): ef21 0.44, MoTEF lambda 0.05 0.066, lambda 1 0.73.
     assert floors["momentum"] < 0.3 * floors["ef21"]
     assert floors["none"] > 0.5 * floors["ef21"]
 
