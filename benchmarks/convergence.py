@@ -151,6 +151,11 @@ class Bytes:
         return self.state.stats.history[-1]["bytes_sent"]
 
 
+def default_label() -> str:
+    state = efcomm.EFState()
+    return f"efcomm default: {state.method_impl!r} + {state.compressor!r}"
+
+
 def run_config(args, name: str, steps: int, seed: int) -> lm.LMConfig:
     spec = run_spec(name)
     sgd = uses_sgd(name, spec)
@@ -180,7 +185,7 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
             spec, cfg = run_spec(name), run_config(args, name, steps, seed)
             install = lambda ddp: Bytes(spec, ddp, powersgd_start=max(2, steps // 10))  # noqa: B023
             run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
-            label = spec.label() if spec.kind != "efcomm-default" else f"efcomm default: {efcomm.EFState()!r}"
+            label = spec.label() if spec.kind != "efcomm-default" else default_label()
             results.append(
                 {"name": name, "label": label, "seed": seed, "steps": steps, "optimizer": cfg.optimizer} | run
             )

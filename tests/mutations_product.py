@@ -146,8 +146,8 @@ MUTATIONS = [
         name="econtrol-without-feedback",
         covers="EControl's default eta = alpha (eta = 0 is EF21: the mechanism removed)",
         path=EF21,
-        old="eta = self.eta if self.eta is not None else codec.compressor.alpha(g.numel())",
-        new="eta = self.eta if self.eta is not None else 0.0",
+        old="        if self.eta is None:\n            return alpha\n",
+        new="        if self.eta is None:\n            return 0.0\n",
         tests=rule("econtrol"),
     ),
     dict(

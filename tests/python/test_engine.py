@@ -3,6 +3,8 @@ transport): every method and compressor trains with ranks bitwise identical, res
 exactly, survives non-finite steps and bucket layout changes. tests/python/test_hook.py
 keeps, in real DDP processes, only what DDP itself adds."""
 
+import math
+
 import pytest
 import torch
 from inprocess import LocalTraining, run_local
@@ -304,3 +306,24 @@ def test_cluster_rejects_disagreeing_ranks():
         Cluster([efcomm.EFState("ef21", efcomm.TopK(0.1)), efcomm.EFState("ef21", efcomm.TopK(0.2))])
     with pytest.raises(ValueError, match="2 weights for a group of 3"):
         Cluster.create(3, EF21W([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_the_default_is_classic_ef_with_compact_top_1_percent_on_every_bucket_dtype(dtype):
+    """What efcomm.register(ddp) and EFState() give (docs/convergence.md says why): classic EF,
+    Top-1% in bf16 values and 16-bit offsets (a 16-bit bucket keeps its own dtype), about 1%
+    of the dense bytes, the same bits on every rank, and no dense start."""
+    state = efcomm.EFState()
+    assert state.method == "ef" and state.compressor == efcomm.TopK(0.01, value_dtype=torch.bfloat16, index_bits=16)
+    cluster = Cluster([efcomm.EFState() for _ in range(2)])
+    numel, gen = 200_000, torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(numel, generator=gen).to(dtype) for _ in range(2)]
+        outs = cluster.step_bucket([g.clone() for g in grads])
+        assert torch.equal(outs[0], outs[1])
+        assert 0 < outs[0].count_nonzero() <= 2 * math.ceil(0.01 * numel)
+    stats = cluster.states[0].stats
+    assert stats.initialisations == 0
+    k = math.ceil(0.01 * numel)
+    assert stats.bytes_sent == 3 * (4 * 4 + 4 * k)  # per step: 4 chunk counts, then k 2-byte values and offsets
+    assert stats.bytes_sent / stats.dense_bytes < (0.0201 if dtype == torch.float32 else 0.0401)

@@ -19,7 +19,7 @@ from .compressors import Compressor
 from .engine import BucketInput, bucket_step
 from .hierarchy import hierarchical_step, make_hierarchy
 from .methods import Worker
-from .state import EFState
+from .state import DEFAULT_METHOD, EFState
 from .transport import DDPTransport
 
 
@@ -79,12 +79,14 @@ def check_agreement(state: EFState) -> None:
 
 def register(
     ddp_model: torch.nn.parallel.DistributedDataParallel,
-    method: str = "ef21",
+    method=DEFAULT_METHOD,
     compressor: Optional[Compressor] = None,
     process_group: Optional[dist.ProcessGroup] = None,
     **options,
 ) -> EFState:
     """Creates an :class:`EFState` for ``ddp_model`` and registers :func:`ef_hook` on it.
+    Without ``method`` and ``compressor``: classic error feedback with Top-1% in the compact
+    message (efcomm.state.DEFAULT_METHOD, default_compressor; docs/convergence.md says why).
 
     ``options`` are passed to :class:`EFState` (``min_compress_numel``, ``state_dtype``,
     ``allow_biased``, ``seed``, ``side_stream``), except ``hierarchy``: None (flat), the number of ranks per

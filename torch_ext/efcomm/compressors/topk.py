@@ -26,7 +26,7 @@ class TopK(Compressor):
     option); see ``efcomm.ops.topk``.
 
     ``value_dtype`` (None: the bucket's dtype; for float32 buckets also ``torch.bfloat16`` or
-    ``torch.float16``) and ``index_bits`` (32, or 16: offsets within chunks of 65536 entries and
+    ``torch.float16``; a 16-bit bucket keeps its own dtype, already as narrow) and ``index_bits`` (32, or 16: offsets within chunks of 65536 entries and
     a count per chunk) choose a narrower message: with bfloat16 values and 16-bit indices, about
     4 bytes per kept entry instead of 8. The selection is unchanged; the values are rounded, and
     the methods keep the rounding error (EF21's h_i adds the value as sent).
@@ -50,11 +50,14 @@ class TopK(Compressor):
         if self.index_bits not in (32, 16) or isinstance(self.index_bits, bool):
             raise ValueError(f"efcomm: TopK index_bits ({self.index_bits!r}) must be 32 or 16")
 
+    def _values(self, dtype: torch.dtype) -> Optional[torch.dtype]:
+        """The message's value dtype for a bucket of ``dtype`` when it differs (None: the
+        bucket's own): a narrower one only for float32 buckets."""
+        narrow = self.value_dtype not in (None, dtype) and dtype == torch.float32
+        return self.value_dtype if narrow or self.value_dtype == torch.float32 and dtype != torch.float32 else None
+
     def _format(self, dtype: torch.dtype) -> dict:
-        return {
-            "value_dtype": self.value_dtype if self.value_dtype not in (None, dtype) else None,
-            "index_bits": self.index_bits,
-        }
+        return {"value_dtype": self._values(dtype), "index_bits": self.index_bits}
 
     def k_for(self, numel: int) -> int:
         """Number of entries kept of a bucket of ``numel`` elements (at least 1)."""
@@ -65,7 +68,7 @@ class TopK(Compressor):
 
     def message_nbytes(self, numel, dtype):
         family = "topk16" if self.index_bits == 16 else "topk"
-        return ops.message_nbytes(family, numel, self.value_dtype or dtype, k=self.k_for(numel))
+        return ops.message_nbytes(family, numel, self._values(dtype) or dtype, k=self.k_for(numel))
 
     def new_hint(self, device):
         return ops.topk_threshold_hint(device) if self.threshold else None
