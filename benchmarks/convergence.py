@@ -71,6 +71,7 @@ DEFAULT_RUNS = (
     "ef21:topk:0.01:compact",
     "ef21:topk:0.1:compact",
     "ef:topk:0.01",
+    "ef:topk:0.1:compact",
     "ef21-sgdm:topk:0.01",
     "ef21:int8",
     "none:qsgd",
