@@ -1,0 +1,323 @@
+"""Worker functions for the multi-process FSDP2 tests (spawned processes import this module).
+
+As in ddp_workers.py, one launch runs many scenarios in a row on one process group: a small
+transformer (embedding, attention + MLP blocks, each block its own ``fully_shard`` unit, the
+root holding the embedding and the head) on gloo ranks laid out as a (replicas, shards) mesh:
+rank = replica * shards + shard."""
+
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+import efcomm
+from ddp_workers import _join_group, shutdown, spawn
+
+VOCAB, DIM, SEQ, BATCH = 64, 32, 8, 4
+COMPACT_TOP1 = dict(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, blocks: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, DIM)
+        self.blocks = nn.ModuleList(Block(DIM) for _ in range(blocks))
+        self.norm = nn.LayerNorm(DIM)
+        self.head = nn.Linear(DIM, VOCAB)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def batch(gen):
+    """A learnable task: the next token is the current one plus one (mod VOCAB)."""
+    x = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
+    return x, (x + 1) % VOCAB
+
+
+def sharded(mesh, mp_policy=None):
+    """The transformer with each block and the root wrapped by ``fully_shard`` over ``mesh``
+    (1-D: plain FSDP; 2-D (replicate, shard): FSDP's native HSDP)."""
+    model = TinyTransformer()
+    kwargs = {} if mp_policy is None else {"mp_policy": mp_policy}
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, **kwargs)
+    return model
+
+
+def train(model, opt, gen, steps, *, micro=1, before_micro=None):
+    """``steps`` optimizer steps of ``micro`` micro-batches each; returns the losses."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        for m in range(micro):
+            if before_micro is not None:
+                before_micro(model, m, micro)
+            x, y = batch(gen)
+            loss = nn.functional.cross_entropy(model(x).reshape(-1, VOCAB).float(), y.reshape(-1))
+            loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def shards(model) -> torch.Tensor:
+    """This rank's shards of every parameter, flattened, in fp32."""
+    return torch.cat([p.to_local().detach().reshape(-1).float() for p in model.parameters()])
+
+
+def make_mesh(replicas: int, shards_per_replica: int):
+    return init_device_mesh("cpu", (replicas, shards_per_replica), mesh_dim_names=("replicate", "shard"))
+
+
+def _efcomm_run(ctx, method, compressor, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None, **options):
+    mesh = ctx["mesh"]
+    model = sharded(mesh["shard"], mp_policy)
+    state = efcomm.register_fsdp(
+        model, method, compressor, replicate_group=mesh["replicate"].get_group(), min_compress_numel=256, **options
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    inter = []
+    losses = []
+    for _ in range(steps):
+        losses += train(model, opt, gen, 1, micro=micro, before_micro=before_micro)
+        inter.append(state.stats.inter_node_bytes)
+    return model, state, opt, {"losses": losses, "inter_bytes": inter}
+
+
+def _native_run(ctx, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None):
+    model = sharded(ctx["mesh"], mp_policy)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    losses = train(model, opt, gen, steps, micro=micro, before_micro=before_micro)
+    return model, losses
+
+
+def unit_shards(state) -> list:
+    """(shard numel, dtype) of every hooked unit, as its hook saw them."""
+    return [(sig[1], sig[0]) for sig in state.buckets]
+
+
+def scenario_ef21_compact_top1(rank, world, ctx):
+    """EF21 + Top-1% with bf16 values and 16-bit offsets, next to FSDP's native HSDP."""
+    model, state, _, out = _efcomm_run(ctx, "ef21", efcomm.TopK(**COMPACT_TOP1), 30)
+    _, native_losses = _native_run(ctx, 30)
+    out.update(
+        shards=shards(model),
+        native_losses=native_losses,
+        stats=state.stats.state_dict(),
+        units=[(sig[1], sig[0]) for sig in state.buckets],
+        history=list(state.stats.history),
+    )
+    return out
+
+
+def scenario_dense_equals_native_hsdp(rank, world, ctx):
+    """EF21 with the Identity compressor through the engine's all-gather path, and plain
+    averaging (``none`` + Identity, dense all-reduce), against FSDP's own HSDP exchange."""
+    native, _ = _native_run(ctx, 5)
+    ef21, _, _, _ = _efcomm_run(ctx, "ef21", efcomm.Identity(), 5, always_compress=True)
+    mean, state, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 5)
+    return {
+        "native": shards(native),
+        "ef21_identity": shards(ef21),
+        "mean": shards(mean),
+        "stats": state.stats.state_dict(),
+    }
+
+
+def _no_all_reduce_first(model, m, micro):
+    model.set_requires_all_reduce(m == micro - 1)
+
+
+def _no_sync_first(model, m, micro):
+    model.set_requires_gradient_sync(m == micro - 1)
+
+
+def scenario_accumulation(rank, world, ctx):
+    """Two micro-batches per step: without any sync on the first (set_requires_gradient_sync),
+    and with the reduce-scatter but without the exchange between replicas on the first
+    (set_requires_all_reduce), each next to native HSDP doing the same."""
+    out = {}
+    for name, gate in (("no_sync", _no_sync_first), ("no_all_reduce", _no_all_reduce_first)):
+        native, _ = _native_run(ctx, 4, micro=2, before_micro=gate)
+        model, state, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, micro=2, before_micro=gate)
+        out[name] = {"native": shards(native), "efcomm": shards(model), "steps": state.stats.steps}
+    return out
+
+
+def scenario_bf16_reduce_dtype(rank, world, ctx):
+    """A bf16 reduce dtype (MixedPrecisionPolicy) with the state in fp32 (state_dtype)."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+    model, state, _, out = _efcomm_run(ctx, "ef21", efcomm.TopK(0.1), 15, mp_policy=policy, state_dtype=torch.float32)
+    out.update(
+        shards=shards(model),
+        state_dtypes=sorted({str(t.dtype) for b in state.buckets.values() for t in b.tensors.values()}),
+        signature_dtypes=sorted({sig[0] for sig in state.buckets}),
+        stats=state.stats.state_dict(),
+    )
+    return out
+
+
+def scenario_bad_inputs(rank, world, ctx):
+    """The errors of register_fsdp, as messages."""
+    mesh = ctx["mesh"]
+    replicate = mesh["replicate"].get_group()
+    errors = {}
+
+    def error(name, fn):
+        try:
+            fn()
+            errors[name] = None
+        except (TypeError, ValueError, RuntimeError) as e:
+            errors[name] = f"{type(e).__name__}: {e}"
+
+    error("not_fsdp", lambda: efcomm.register_fsdp(TinyTransformer(), replicate_group=replicate))
+    error("native_hsdp", lambda: efcomm.register_fsdp(sharded(mesh), replicate_group=replicate))
+    error(
+        "shard_group", lambda: efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=mesh["shard"].get_group())
+    )
+    error("not_a_group", lambda: efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=[0, 2]))
+
+    def twice():
+        model = sharded(mesh["shard"])
+        efcomm.register_fsdp(model, replicate_group=replicate)
+        efcomm.register_fsdp(model, replicate_group=replicate)
+
+    error("twice", twice)
+    return errors
+
+
+def scenario_resume_save(rank, world, ctx):
+    """Trains 6 steps, saves model, optimizer and efcomm state (DCP), trains 4 more."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from efcomm import checkpoint
+
+    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 6)
+    model_sd, opt_sd = get_state_dict(model, opt)
+    path = f"{ctx['directory']}/fsdp-{world}"
+    dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{path}/train")
+    checkpoint.save(state, f"{path}/efcomm")
+    gen = torch.Generator().manual_seed(1000 + rank)
+    train(model, opt, gen, 4)
+    return {"shards": shards(model), "stats": state.stats.state_dict()}
+
+
+def scenario_resume_load(rank, world, ctx):
+    """Loads the checkpoint of resume_save (saved at ctx["saved_mesh"]) into fresh objects on
+    this launch's mesh and trains the same 4 steps."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from efcomm import checkpoint
+
+    replicas, shards_per_replica = ctx["saved_mesh"]
+    path = f"{ctx['directory']}/fsdp-{replicas * shards_per_replica}"
+    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0)
+    model_sd, opt_sd = get_state_dict(model, opt)
+    dcp.load({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{path}/train")
+    set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd)
+    source = checkpoint.load(state, f"{path}/efcomm")
+    shard = rank % shards_per_replica
+    gen = torch.Generator().manual_seed(1000 + (rank if world == replicas * shards_per_replica else shard))
+    train(model, opt, gen, 4)
+    return {"shards": shards(model), "source": source, "stats": state.stats.state_dict()}
+
+
+def scenario_killed_rank(rank, world, ctx):
+    """The last rank dies in the middle of training (run last: the group is broken
+    afterwards): the others must fail with an error within seconds, not hang."""
+    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 2)
+    if rank == world - 1:
+        return {"died": True}
+    start = time.monotonic()
+    try:
+        train(model, opt, torch.Generator().manual_seed(rank), 20)
+        error = None
+    except RuntimeError as e:
+        error = str(e)
+    return {"error": error, "seconds": time.monotonic() - start}
+
+
+SCENARIOS = {name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")}
+BREAKS_GROUP = "killed_rank"
+
+# (launch, (replicas, shards), scenarios); files pass from one launch to the next.
+LAUNCHES = (
+    (
+        "2x2",
+        (2, 2),
+        [
+            "ef21_compact_top1",
+            "dense_equals_native_hsdp",
+            "accumulation",
+            "bf16_reduce_dtype",
+            "bad_inputs",
+            "resume_save",
+            "resume_load",
+        ],
+    ),
+    ("2x4", (2, 4), ["ef21_compact_top1", "killed_rank"]),
+)
+
+
+def scenarios_worker(rank, world_size, init_method, result_dir, mesh_shape, names, ctx):
+    _join_group(rank, world_size, init_method)
+    ctx = dict(ctx, mesh=make_mesh(*mesh_shape))
+    if ctx.get("saved_mesh") is None:
+        ctx["saved_mesh"] = mesh_shape
+    results = {}
+    for name in names:
+        start = time.monotonic()
+        results[name] = SCENARIOS[name](rank, world_size, ctx)
+        results[name + "_seconds"] = time.monotonic() - start
+        gc.collect()
+        if name != BREAKS_GROUP:
+            dist.barrier()
+    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    if BREAKS_GROUP in names:
+        sys.stdout.flush()
+        os._exit(0)
+    shutdown()
+
+
+def run_launches(directory: str, launches=LAUNCHES) -> dict:
+    results, saved_mesh = {}, None
+    for name, mesh_shape, names in launches:
+        ctx = {"directory": directory, "saved_mesh": saved_mesh}
+        start = time.monotonic()
+        results[name] = spawn(scenarios_worker, mesh_shape[0] * mesh_shape[1], mesh_shape, names, ctx)
+        results[name + "_seconds"] = time.monotonic() - start
+        saved_mesh = mesh_shape
+    return results
