@@ -18,7 +18,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import efcomm
-from ddp_workers import _join_group, shutdown, spawn
+from ddp_workers import _join_group, free_init_method, shutdown
 
 VOCAB, DIM, SEQ, BATCH = 64, 32, 8, 4
 COMPACT_TOP1 = dict(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)
@@ -98,8 +98,10 @@ def make_mesh(replicas: int, shards_per_replica: int):
     return init_device_mesh("cpu", (replicas, shards_per_replica), mesh_dim_names=("replicate", "shard"))
 
 
-def _efcomm_run(ctx, method, compressor, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None, **options):
-    mesh = ctx["mesh"]
+def _efcomm_run(
+    ctx, method, compressor, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None, mesh=None, **options
+):
+    mesh = ctx["mesh"] if mesh is None else mesh
     model = sharded(mesh["shard"], mp_policy)
     state = efcomm.register_fsdp(
         model, method, compressor, replicate_group=mesh["replicate"].get_group(), min_compress_numel=256, **options
@@ -218,41 +220,51 @@ def scenario_bad_inputs(rank, world, ctx):
 
 
 def scenario_resume_save(rank, world, ctx):
-    """Trains 6 steps, saves model, optimizer and efcomm state (DCP), trains 4 more."""
+    """Trains 6 steps, saves the model, optimizer (get_state_dict) and efcomm state in one DCP
+    checkpoint, trains 4 more."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from efcomm import checkpoint
-
     model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 6)
     model_sd, opt_sd = get_state_dict(model, opt)
-    path = f"{ctx['directory']}/fsdp-{world}"
-    dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{path}/train")
-    checkpoint.save(state, f"{path}/efcomm")
-    gen = torch.Generator().manual_seed(1000 + rank)
-    train(model, opt, gen, 4)
-    return {"shards": shards(model), "stats": state.stats.state_dict()}
+    dcp.save({"model": model_sd, "optim": opt_sd, "efcomm": state}, checkpoint_id=f"{ctx['directory']}/fsdp")
+    losses = train(model, opt, torch.Generator().manual_seed(1000 + rank), 4)
+    return {"shards": shards(model), "stats": state.stats.state_dict(), "losses": losses}
 
 
 def scenario_resume_load(rank, world, ctx):
     """Loads the checkpoint of resume_save (saved at ctx["saved_mesh"]) into fresh objects on
-    this launch's mesh and trains the same 4 steps."""
+    a mesh of the same shard count and as many replicas as the world holds, and trains 4
+    steps (at the same world size: the saved run's 4 steps). First, a plain dcp.load of the
+    fresh efcomm state, which must raise efcomm's error."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from efcomm import checkpoint
 
     replicas, shards_per_replica = ctx["saved_mesh"]
-    path = f"{ctx['directory']}/fsdp-{replicas * shards_per_replica}"
-    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0)
+    path = f"{ctx['directory']}/fsdp"
+    same = world == replicas * shards_per_replica
+    mesh = ctx["mesh"] if same else make_mesh(world // shards_per_replica, shards_per_replica)
+    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0, mesh=mesh)
+    try:
+        dcp.load({"efcomm": state}, checkpoint_id=path)
+        plain_error = None
+    except Exception as e:  # DCP wraps the errors of the ranks
+        plain_error = str(e)
     model_sd, opt_sd = get_state_dict(model, opt)
-    dcp.load({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{path}/train")
+    dcp.load({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
     set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd)
-    source = checkpoint.load(state, f"{path}/efcomm")
-    shard = rank % shards_per_replica
-    gen = torch.Generator().manual_seed(1000 + (rank if world == replicas * shards_per_replica else shard))
-    train(model, opt, gen, 4)
-    return {"shards": shards(model), "source": source, "stats": state.stats.state_dict()}
+    source = checkpoint.load(state, path)
+    losses = train(model, opt, torch.Generator().manual_seed(1000 + rank), 4)
+    return {
+        "shards": shards(model),
+        "source": source,
+        "stats": state.stats.state_dict(),
+        "losses": losses,
+        "replicas": dist.get_world_size(state.process_group),
+        "plain_error": plain_error,
+    }
 
 
 def scenario_killed_rank(rank, world, ctx):
@@ -288,7 +300,7 @@ LAUNCHES = (
             "resume_load",
         ],
     ),
-    ("2x4", (2, 4), ["ef21_compact_top1", "killed_rank"]),
+    ("2x4", (2, 4), ["ef21_compact_top1", "resume_load", "killed_rank"]),
 )
 
 
@@ -310,6 +322,27 @@ def scenarios_worker(rank, world_size, init_method, result_dir, mesh_shape, name
         sys.stdout.flush()
         os._exit(0)
     shutdown()
+
+
+def spawn(fn, world_size: int, *args) -> list:
+    """Runs fn(rank, world_size, init_method, result_dir, *args) on world_size gloo ranks,
+    forked from a server that has imported torch, efcomm and this module once (starting 8
+    interpreters that each import them takes most of a launch on 2 busy cores)."""
+    import multiprocessing
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["torch", "efcomm", "fsdp_workers"])
+    with tempfile.TemporaryDirectory() as result_dir:
+        mp.start_processes(
+            fn,
+            args=(world_size, free_init_method(), result_dir, *args),
+            nprocs=world_size,
+            join=True,
+            start_method="forkserver",
+        )
+        return [torch.load(Path(result_dir) / f"rank{r}.pt") for r in range(world_size)]
 
 
 def run_launches(directory: str, launches=LAUNCHES) -> dict:

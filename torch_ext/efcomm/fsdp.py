@@ -69,8 +69,11 @@ class FSDPState(EFState):
         self._step_units: set = set()  # the units whose hook ran in the current step
 
     def state_dict(self) -> dict:
-        (entry,) = super().state_dict()["ranks"].values()
-        return {"ranks": {str(self.global_rank): entry}}
+        state = super().state_dict()
+        if "ranks" in state:
+            (entry,) = state["ranks"].values()
+            state["ranks"] = {str(self.global_rank): entry}
+        return state
 
     def _is_last(self, unit: "_UnitHook") -> bool:
         """Whether ``unit``'s hook ends the step: every hooked unit has run once (a unit

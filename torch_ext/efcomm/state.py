@@ -18,6 +18,7 @@ from .methods import make_method
 from .stats import CommStats
 
 _STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FORMAT = 1  # the version of the state dict's layout (saved under "format")
 
 
 class EFState:
@@ -173,27 +174,37 @@ class EFState:
         """This rank's state, under its rank: ``{"ranks": {"<rank>": {...}}}``. Save one per
         rank (``torch.save``), or every rank's together with torch.distributed.checkpoint
         (this is its ``Stateful`` protocol; see efcomm.checkpoint), where each rank's tensors
-        keep their own keys."""
+        keep their own keys.
+
+        A fresh state (before its first exchange, nothing loaded) holds nothing to save and
+        does not know which ranks and buckets a checkpoint holds: its state dict is the
+        format's version alone, a key every efcomm checkpoint has, so that a plain
+        ``dcp.load`` of it (what checkpoint managers call on every ``Stateful``) reaches
+        :meth:`load_state_dict`, which says to use ``efcomm.checkpoint.load``."""
+        if self.rank is None and not self.buckets and self.stats.steps == 0:
+            return {"format": FORMAT}
         rank = self.rank if self.rank is not None else 0
-        return {
-            "ranks": {
-                str(rank): {
-                    "config": self.config(),
-                    "world_size": self.world_size,
-                    "rank": self.rank,
-                    "buckets": [
-                        {
-                            "signature": b.signature,
-                            "steps": b.steps,
-                            "tensors": {n: t.clone() for n, t in b.tensors.items()},
-                            "hints": {n: t.clone() for n, t in b.hints.items()},
-                        }
-                        for b in self.buckets.values()
-                    ],
-                    "stats": self.stats.state_dict(),
-                }
-            }
+        entry = {
+            "config": self.config(),
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_buckets": len(self.buckets),
+            "stats": self.stats.state_dict(),
         }
+        # No "buckets" key without buckets: a fresh state's state dict (the template that a
+        # plain torch.distributed.checkpoint.load fills) then names only keys that every
+        # checkpoint holds, so that load_state_dict, not DCP, tells the user what to do.
+        if self.buckets:
+            entry["buckets"] = [
+                {
+                    "signature": b.signature,
+                    "steps": b.steps,
+                    "tensors": {n: t.clone() for n, t in b.tensors.items()},
+                    "hints": {n: t.clone() for n, t in b.hints.items()},
+                }
+                for b in self.buckets.values()
+            ]
+        return {"format": FORMAT, "ranks": {str(rank): entry}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a rank's state saved by :meth:`state_dict`: the same rank's, to continue
@@ -202,13 +213,28 @@ class EFState:
         (each method's ``reform`` rule, efcomm.methods), so that the method's invariants hold
         (EF21: every h_i := h, which keeps h = mean h_i). Ranks check that they loaded the
         same buckets at the same step before any exchange, and raise otherwise."""
+        if "ranks" not in state and "format" in state:
+            raise ValueError(
+                "efcomm: this load gave the state no rank's entry: a fresh EFState does not know which ranks and "
+                "buckets a checkpoint holds, so a plain torch.distributed.checkpoint.load cannot fill it; load it "
+                "with efcomm.checkpoint.load(state, checkpoint_id) (the model and optimizer with dcp.load as before)"
+            )
         saved = per_rank(state)
         if saved["config"] != self.config():
             raise ValueError(
                 f"efcomm: checkpoint configuration {saved['config']} differs from this state's {self.config()}"
             )
+        buckets = saved.get("buckets", [])
+        expected = int(saved.get("num_buckets", len(buckets)))
+        if len(buckets) != expected:
+            raise ValueError(
+                f"efcomm: the checkpoint holds {expected} error-feedback bucket(s) for this rank, of which this "
+                f"load read {len(buckets)}: a fresh EFState does not know which buckets a checkpoint holds, so a "
+                "plain torch.distributed.checkpoint.load cannot fill it; load it with "
+                "efcomm.checkpoint.load(state, checkpoint_id) (and the model and optimizer with dcp.load as before)"
+            )
         self.buckets = {}
-        for bucket in saved["buckets"]:
+        for bucket in buckets:
             signature = as_signature(bucket["signature"])
             tensors = {n: t.clone() for n, t in bucket.get("tensors", {}).items()}
             hints = {n: t.clone() for n, t in bucket.get("hints", {}).items()}

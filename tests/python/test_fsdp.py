@@ -1,0 +1,172 @@
+"""efcomm under FSDP2 (efcomm.register_fsdp): the exchange between replicas of a sharded
+model, on gloo ranks laid out as 2 replicas x 2 shards and 2 replicas x 4 shards.
+
+Two launches of processes run every scenario (fsdp_workers.LAUNCHES, the session fixture
+``fsdp_launches``); the tests read their results."""
+
+import math
+import tempfile
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+import efcomm
+from efcomm import checkpoint
+from efcomm.engine import BucketInput, bucket_step
+from efcomm.methods import Worker
+from efcomm.transport import InProcessTransport
+from efcomm.wire_model import hsdp_inter_bytes
+from fsdp_workers import COMPACT_TOP1
+
+MESHES = {"2x2": (2, 2), "2x4": (2, 4)}
+
+
+def _replica_pairs(launch: str):
+    """(rank, rank of the same shard on the next replica) for every rank of the first replica."""
+    replicas, shards = MESHES[launch]
+    return [(r, r + shards * k) for r in range(shards) for k in range(1, replicas)]
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_ef21_compact_top1_replicas_hold_bitwise_identical_shards(fsdp_launches, launch):
+    ranks = fsdp_launches[launch]
+    for a, b in _replica_pairs(launch):
+        assert torch.equal(ranks[a]["ef21_compact_top1"]["shards"], ranks[b]["ef21_compact_top1"]["shards"])
+    assert not torch.equal(ranks[0]["ef21_compact_top1"]["shards"], ranks[1]["ef21_compact_top1"]["shards"])
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_ef21_compact_top1_trains_like_native_hsdp(fsdp_launches, launch):
+    for r in fsdp_launches[launch]:
+        run = r["ef21_compact_top1"]
+        first, last = run["losses"][0], sum(run["losses"][-5:]) / 5
+        native = sum(run["native_losses"][-5:]) / 5
+        assert last < first - 1.0  # untrained: ln(64) = 4.16
+        assert last < native + 0.3
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_bytes_between_replicas_match_wire_model_and_are_20x_below_dense(fsdp_launches, launch):
+    """Past the dense start, every step sends each unit's shard message once (the wire
+    model's count), at least 20 times below native HSDP's all-reduce of the same shards."""
+    replicas, shards = MESHES[launch]
+    for r in fsdp_launches[launch]:
+        run = r["ef21_compact_top1"]
+        units = run["units"]
+        assert len(units) == 3  # two blocks and the root
+        per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+        expected = hsdp_inter_bytes([n for n, _ in units], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)
+        assert per_step == [expected] * len(per_step)
+        dense = sum(n for n, _ in units) * 4
+        assert run["stats"]["dense_bytes"] == dense * len(run["losses"])
+        assert run["inter_bytes"][0] == dense  # the dense start
+        assert dense / expected >= 20
+        # FSDP's reduce-scatter: this rank's input, every shard of every unit, each step
+        assert run["stats"]["bytes_by_group"]["intra"] == dense * shards * len(run["losses"])
+
+
+def test_dense_configurations_equal_native_hsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["dense_equals_native_hsdp"]
+        torch.testing.assert_close(run["ef21_identity"], run["native"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(run["mean"], run["native"], rtol=0, atol=1e-6)
+        assert run["stats"]["initialisations"] == 0  # none: plain averaging, no state
+
+
+@pytest.mark.parametrize("gate", ["no_sync", "no_all_reduce"])
+def test_gradient_accumulation_equals_native_hsdp(fsdp_launches, gate):
+    """set_requires_gradient_sync(False) and set_requires_all_reduce(False) on the first of
+    two micro-batches, as native HSDP does them."""
+    for r in fsdp_launches["2x2"]:
+        run = r["accumulation"][gate]
+        torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
+        assert run["steps"] == 4  # one exchange per optimizer step
+
+
+def test_bf16_reduce_dtype_with_float32_state(fsdp_launches):
+    ranks = fsdp_launches["2x2"]
+    for a, b in _replica_pairs("2x2"):
+        assert torch.equal(ranks[a]["bf16_reduce_dtype"]["shards"], ranks[b]["bf16_reduce_dtype"]["shards"])
+    for r in ranks:
+        run = r["bf16_reduce_dtype"]
+        assert run["state_dtypes"] == ["torch.float32"]
+        shard_numel = sum(sig_numel for sig_numel in _unit_numels(r))
+        assert run["stats"]["dense_bytes"] == shard_numel * 2 * len(run["losses"])  # bf16 shards
+        assert sum(run["losses"][-3:]) / 3 < run["losses"][0] - 0.4
+
+
+def _unit_numels(rank_results):
+    return [n for n, _ in rank_results["ef21_compact_top1"]["units"]]
+
+
+def test_bad_inputs_raise_clear_errors(fsdp_launches):
+    errors = fsdp_launches["2x2"][0]["bad_inputs"]
+    assert errors["not_fsdp"].startswith("TypeError") and "fully_shard" in errors["not_fsdp"]
+    assert errors["native_hsdp"].startswith("ValueError") and "2-D mesh" in errors["native_hsdp"]
+    assert errors["shard_group"].startswith("ValueError") and "replicate_group (ranks [0, 1])" in errors["shard_group"]
+    assert errors["not_a_group"].startswith("TypeError") and "got list" in errors["not_a_group"]
+    assert errors["twice"].startswith("RuntimeError") and "already has an all-reduce hook" in errors["twice"]
+
+
+def test_resume_at_the_same_size_is_exact(fsdp_launches):
+    for rank, r in enumerate(fsdp_launches["2x2"]):
+        assert torch.equal(r["resume_load"]["shards"], r["resume_save"]["shards"])
+        assert r["resume_load"]["losses"] == r["resume_save"]["losses"]
+        assert r["resume_load"]["source"] == rank
+        assert "efcomm.checkpoint.load" in r["resume_load"]["plain_error"]
+
+
+def test_elastic_resume_over_more_replicas(fsdp_launches):
+    """Saved at 2 replicas x 2 shards, resumed at 4 x 2: rank r reads saved rank r mod 4 (the
+    same shard), the state re-formed alike on every replica, no new dense start."""
+    saved = fsdp_launches["2x2"][0]["resume_save"]["stats"]
+    ranks = fsdp_launches["2x4"]
+    for rank, r in enumerate(ranks):
+        run = r["resume_load"]
+        assert run["replicas"] == 4 and run["source"] == rank % 4
+        assert run["stats"]["initialisations"] == saved["initialisations"]
+        assert run["stats"]["steps"] == saved["steps"]
+        assert all(math.isfinite(x) and x < 4.2 for x in run["losses"])
+    for shard in range(2):
+        for other in range(shard + 2, 8, 2):
+            assert torch.equal(ranks[shard]["resume_load"]["shards"], ranks[other]["resume_load"]["shards"])
+
+
+def test_killed_rank_fails_the_others_quickly(fsdp_launches):
+    ranks = fsdp_launches["2x4"]
+    assert ranks[-1]["killed_rank"] == {"died": True}
+    for r in ranks[:-1]:
+        assert r["killed_rank"]["error"] is not None
+        assert r["killed_rank"]["seconds"] < 10
+
+
+def test_register_fsdp_rejects_a_model_without_fsdp_units():
+    with pytest.raises(TypeError, match="holds no FSDP module"):
+        efcomm.register_fsdp(nn.Linear(4, 4), replicate_group=None)
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        efcomm.register_fsdp("model")
+
+
+def test_plain_dcp_load_of_a_fresh_state_raises_efcomm_error():
+    """A fresh EFState (DDP's too) loaded by a plain dcp.load, as checkpoint managers do for
+    every Stateful: efcomm's error naming efcomm.checkpoint.load, not DCP's missing key.
+    A checkpoint saved before the first step loads through efcomm.checkpoint.load as nothing."""
+    state = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
+    signature = ("torch.float32", 64, (("w", (64,)),))
+    for _ in range(3):
+        g = torch.randn(64)
+        InProcessTransport().run([bucket_step(state, BucketInput(g, signature, Worker(0, 1), 256, True))])
+    with tempfile.TemporaryDirectory() as path:
+        dcp.save({"efcomm": state}, checkpoint_id=path, no_dist=True)
+        fresh = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
+        with pytest.raises(ValueError, match=r"efcomm\.checkpoint\.load"):
+            dcp.load({"efcomm": fresh}, checkpoint_id=path, no_dist=True)
+    with tempfile.TemporaryDirectory() as path:  # saved before its first step: nothing to load
+        dcp.save({"efcomm": efcomm.EFState("ef21", efcomm.TopK(0.1))}, checkpoint_id=path, no_dist=True)
+        loaded = efcomm.EFState("ef21", efcomm.TopK(0.1))
+        assert checkpoint.load(loaded, path) is None
+        assert loaded.buckets == {} and loaded.stats.steps == 0
+        with pytest.raises(ValueError, match=r"efcomm\.checkpoint\.load"):
+            dcp.load({"efcomm": loaded}, checkpoint_id=path, no_dist=True)
