@@ -267,6 +267,40 @@ def scenario_resume_load(rank, world, ctx):
     }
 
 
+def _plain_fsdp_run(mesh, steps):
+    model = sharded(mesh)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, train(model, opt, torch.Generator().manual_seed(dist.get_rank()), steps)
+
+
+def scenario_compressed_reduce_scatter(rank, world, ctx):
+    """Without a replicate group, on a 1-D mesh of every rank: the reduce-scatter itself
+    compressed. Identity through the all-to-all path (against FSDP's own), the stateless
+    unbiased QSGD and stochastic Int8 with ``none``, and EF21 + Top-5%, next to FSDP's own."""
+    mesh = init_device_mesh("cpu", (world,))
+    steps = 15
+    native, native_losses = _plain_fsdp_run(mesh, steps)
+    out = {"native": shards(native), "native_losses": native_losses}
+    for name, method, compressor, options in (
+        ("identity", "none", efcomm.Identity(), {"always_compress": True}),
+        ("qsgd", "none", efcomm.QSGD(levels=127), {}),
+        ("int8", "none", efcomm.Int8(stochastic=True), {}),
+        ("ef21", "ef21", efcomm.TopK(0.05), {}),
+    ):
+        model = sharded(mesh)
+        state = efcomm.register_fsdp(model, method, compressor, min_compress_numel=256, **options)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses = train(model, opt, torch.Generator().manual_seed(rank), steps)
+        out[name] = {
+            "shards": shards(model),
+            "losses": losses,
+            "stats": state.stats.state_dict(),
+            "units": sorted((sig[1], sig[2][0][1][0]) for sig in state.buckets),
+            "state_numel": sum(t.numel() for b in state.buckets.values() for t in b.tensors.values()),
+        }
+    return out
+
+
 def scenario_killed_rank(rank, world, ctx):
     """The last rank dies in the middle of training (run last: the group is broken
     afterwards): the others must fail with an error within seconds, not hang."""
@@ -296,6 +330,7 @@ LAUNCHES = (
             "accumulation",
             "bf16_reduce_dtype",
             "bad_inputs",
+            "compressed_reduce_scatter",
             "resume_save",
             "resume_load",
         ],

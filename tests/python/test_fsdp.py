@@ -13,8 +13,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 import efcomm
-from efcomm import checkpoint
-from efcomm.engine import BucketInput, bucket_step
+from efcomm.engine import BucketInput, bucket_step, row_signature, scatter_step
 from efcomm.methods import Worker
 from efcomm.transport import InProcessTransport
 from efcomm.wire_model import hsdp_inter_bytes
@@ -152,7 +151,7 @@ def test_register_fsdp_rejects_a_model_without_fsdp_units():
 def test_plain_dcp_load_of_a_fresh_state_raises_efcomm_error():
     """A fresh EFState (DDP's too) loaded by a plain dcp.load, as checkpoint managers do for
     every Stateful: efcomm's error naming efcomm.checkpoint.load, not DCP's missing key.
-    A checkpoint saved before the first step loads through efcomm.checkpoint.load as nothing."""
+    A checkpoint of a state without buckets loads that way."""
     state = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
     signature = ("torch.float32", 64, (("w", (64,)),))
     for _ in range(3):
@@ -163,10 +162,58 @@ def test_plain_dcp_load_of_a_fresh_state_raises_efcomm_error():
         fresh = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
         with pytest.raises(ValueError, match=r"efcomm\.checkpoint\.load"):
             dcp.load({"efcomm": fresh}, checkpoint_id=path, no_dist=True)
-    with tempfile.TemporaryDirectory() as path:  # saved before its first step: nothing to load
+    with tempfile.TemporaryDirectory() as path:  # saved before its first step: loads either way
         dcp.save({"efcomm": efcomm.EFState("ef21", efcomm.TopK(0.1))}, checkpoint_id=path, no_dist=True)
-        loaded = efcomm.EFState("ef21", efcomm.TopK(0.1))
-        assert checkpoint.load(loaded, path) is None
-        assert loaded.buckets == {} and loaded.stats.steps == 0
-        with pytest.raises(ValueError, match=r"efcomm\.checkpoint\.load"):
-            dcp.load({"efcomm": loaded}, checkpoint_id=path, no_dist=True)
+        plain = efcomm.EFState("ef21", efcomm.TopK(0.1))
+        dcp.load({"efcomm": plain}, checkpoint_id=path, no_dist=True)
+        assert plain.buckets == {} and plain.stats.steps == 0
+
+
+@pytest.mark.parametrize(
+    "method, compressor", [("ef21", efcomm.TopK(0.1)), ("none", efcomm.QSGD(levels=7)), ("ef", efcomm.TopK(0.2))]
+)
+def test_scatter_step_runs_the_bucket_step_of_each_row(method, compressor):
+    """The compressed reduce-scatter (efcomm.engine.scatter_step, in one process) gives
+    rank j exactly what the flat bucket step over row j gives, step after step: the same
+    messages, states and outputs, with one all-to-all instead of an all-gather per row."""
+    world, shard = 4, 300
+    scatter = [efcomm.EFState(method, compressor, min_compress_numel=16) for _ in range(world)]
+    flat = [[efcomm.EFState(method, compressor, min_compress_numel=16) for _ in range(world)] for _ in range(world)]
+    signature = ("torch.float32", world * shard, (("w", (world * shard,)),))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        g = [torch.randn(world * shard, generator=gen) for _ in range(world)]
+        outs = InProcessTransport().run(
+            [
+                scatter_step(scatter[r], BucketInput(g[r].clone(), signature, Worker(r, world), 0, True))
+                for r in range(world)
+            ]
+        )
+        for j in range(world):
+            rows = [g[r].view(world, shard)[j].clone() for r in range(world)]
+            sig = row_signature(signature, j, world)
+            expected = InProcessTransport().run(
+                [bucket_step(flat[j][r], BucketInput(rows[r], sig, Worker(r, world), 0, True)) for r in range(world)]
+            )
+            assert torch.equal(outs[j], expected[j]), (step, j)
+    assert scatter[0].stats.initialisations == (1 if method == "ef21" else 0)
+
+
+def test_compressed_reduce_scatter_identity_equals_fsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["compressed_reduce_scatter"]
+        torch.testing.assert_close(run["identity"]["shards"], run["native"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["qsgd", "int8", "ef21"])
+def test_compressed_reduce_scatter_trains_like_fsdp(fsdp_launches, name):
+    """Stateless unbiased quantizers with ``none`` (no state), and EF21 + Top-5% with its
+    state of every row: twice the unit (h_i and h of every row) per rank."""
+    for r in fsdp_launches["2x2"]:
+        run = r["compressed_reduce_scatter"]
+        ours, native = run[name], run["native_losses"]
+        assert abs(sum(ours["losses"][-3:]) / 3 - sum(native[-3:]) / 3) < 0.1
+        assert ours["losses"][-1] < ours["losses"][0] - 0.5
+        unit_numel = sum(numel for numel, _ in ours["units"])  # every row of every unit: the whole model
+        assert ours["state_numel"] == (2 * unit_numel if name == "ef21" else 0)
+        assert ours["stats"]["bytes_sent"] * 3 < ours["stats"]["dense_bytes"]

@@ -40,16 +40,11 @@ def saved_ranks(checkpoint_id, key: str = KEY) -> list:
     )
 
 
-def load(
-    state: EFState, checkpoint_id, process_group: Optional[dist.ProcessGroup] = None, key: str = KEY
-) -> Optional[int]:
+def load(state: EFState, checkpoint_id, process_group: Optional[dist.ProcessGroup] = None, key: str = KEY) -> int:
     """Loads ``state`` from a DCP checkpoint saved at any world size (every rank calls it);
-    returns the saved rank whose entry this rank read, or None when the checkpoint holds a
-    state saved before its first exchange (nothing to load)."""
+    returns the saved rank whose entry this rank read."""
     metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
     ranks = saved_ranks(checkpoint_id, key)
-    if not ranks and f"{key}.format" in metadata.state_dict_metadata:
-        return None
     if not ranks:
         raise ValueError(f"efcomm: checkpoint {checkpoint_id!r} holds no efcomm state under {key!r}")
     rank = dist.get_rank(process_group)

@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .compressors import Compressor
-from .engine import BucketInput, bucket_step
+from .engine import BucketInput, bucket_step, scatter_step
 from .hook import check_agreement
 from .methods import Worker
 from .state import EFState
@@ -69,11 +69,10 @@ class FSDPState(EFState):
         self._step_units: set = set()  # the units whose hook ran in the current step
 
     def state_dict(self) -> dict:
-        state = super().state_dict()
-        if "ranks" in state:
-            (entry,) = state["ranks"].values()
-            state["ranks"] = {str(self.global_rank): entry}
-        return state
+        (entry,) = super().state_dict()["ranks"].values()
+        if self.rank is None and not self.buckets:  # fresh: rank 0's, as EFState's (a plain dcp.load's template)
+            return {"ranks": {"0": entry}}
+        return {"ranks": {str(self.global_rank): entry}}
 
     def _is_last(self, unit: "_UnitHook") -> bool:
         """Whether ``unit``'s hook ends the step: every hooked unit has run once (a unit
@@ -154,6 +153,60 @@ class _UnitHook:
         DDPTransport(group).run(step, finish).wait()
 
 
+class _CompressedReduceScatter:
+    """FSDP's reduce-scatter of one unit replaced by efcomm's (``set_custom_reduce_scatter``):
+    the engine's :func:`efcomm.engine.scatter_step` over the FSDP mesh. FSDP calls it on its
+    reduce-scatter stream with ``op`` AVG or SUM (a pre-multiplied sum, NCCL's, is refused)."""
+
+    def __init__(self, state: FSDPState, path: str, param_group, param_names: dict) -> None:
+        self.state = state
+        self.path = path
+        self.param_group = param_group
+        self.params = tuple(
+            (param_names.get(id(p.sharded_param), ""), tuple(p._orig_size)) for p in param_group.fsdp_params
+        )
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor: Tensor, input_tensor: Tensor, group, op, async_op: bool = False):
+        state = self.state
+        if op == dist.ReduceOp.AVG:
+            scale = 1
+        elif op == dist.ReduceOp.SUM:
+            scale = dist.get_world_size(group)
+        else:
+            raise ValueError(
+                f"efcomm.register_fsdp: the compressed reduce-scatter takes FSDP's AVG or SUM, not {op!r} "
+                "(a gradient divide factor other than the world size makes FSDP ask for a pre-multiplied sum)"
+            )
+        if not state._config_checked:
+            check_agreement(state)
+        world = dist.get_world_size(group)
+        dtype = state.state_dtype or input_tensor.dtype
+        g = input_tensor.to(dtype) if dtype != input_tensor.dtype else input_tensor
+        signature = (str(dtype), g.numel(), (("#fsdp", (self.path,)),) + self.params)
+        step = scatter_step(
+            state,
+            BucketInput(
+                g,
+                signature,
+                Worker(dist.get_rank(group), world),
+                dense_bytes=input_tensor.numel() * input_tensor.element_size(),
+                last=state._is_last(self),
+            ),
+        )
+
+        def finish(out: Tensor) -> Tensor:
+            output_tensor.copy_(out)
+            if scale != 1:
+                output_tensor.mul_(scale)
+            return output_tensor
+
+        DDPTransport(group).run(step, finish).wait()
+        return None
+
+
 def _unit_param_group(module):
     return module._get_fsdp_state()._fsdp_param_group
 
@@ -186,11 +239,6 @@ def register_fsdp(
         )
     if "hierarchy" in options:
         raise ValueError("efcomm.register_fsdp: hierarchy does not apply: FSDP's mesh shards inside the node")
-    if replicate_group is None:
-        raise ValueError(
-            "efcomm.register_fsdp: replicate_group is required (the ranks holding this rank's shard on the other "
-            "replicas); the compressed reduce-scatter without it is not implemented yet"
-        )
     groups = [(path or "<root>", _unit_param_group(m)) for path, m in units]
     groups = [(path, g) for path, g in groups if g is not None]  # units that hold no parameter
     if not groups:
@@ -211,18 +259,39 @@ def register_fsdp(
                 f"efcomm.register_fsdp: unit {path!r} is sharded over ranks {ranks}, another unit over "
                 f"{shard_ranks}: every unit must share one mesh"
             )
-        if g._all_reduce_hook is not None:
+        if g._all_reduce_hook is not None or isinstance(g._reduce_scatter_comm, _CompressedReduceScatter):
             raise RuntimeError(
-                f"efcomm.register_fsdp: unit {path!r} already has an all-reduce hook "
-                f"({g._all_reduce_hook!r}); register efcomm once per model"
+                f"efcomm.register_fsdp: unit {path!r} already has an all-reduce hook or efcomm's reduce-scatter "
+                f"({g._all_reduce_hook or g._reduce_scatter_comm!r}); register efcomm once per model"
             )
-    _check_replicate_group(replicate_group, shard_ranks)
     names = {id(p): name for name, p in model.named_parameters()}
+    if replicate_group is None:
+        return _register_reduce_scatter(groups, names, method, compressor, options)
+    _check_replicate_group(replicate_group, shard_ranks)
     state = FSDPState(method, compressor, replicate_group, param_names=names, global_rank=dist.get_rank(), **options)
     for path, g in groups:
         hook = _UnitHook(state, path, g, names)
         state.units.append(hook)
         g._all_reduce_hook = hook
+    return state
+
+
+def _register_reduce_scatter(groups: list, names: dict, method, compressor, options: dict) -> FSDPState:
+    """Without a replicate group: every unit's reduce-scatter over its FSDP mesh compressed."""
+    shard_group = groups[0][1].mesh_info.shard_process_group
+    state = FSDPState(method, compressor, shard_group, param_names=names, global_rank=dist.get_rank(), **options)
+    if state.method_impl.lazy:
+        raise ValueError(
+            f"efcomm.register_fsdp: the compressed reduce-scatter runs the non-lazy methods only, not {method!r}"
+        )
+    for path, g in groups:
+        if type(g._reduce_scatter_comm).__name__ != "DefaultReduceScatter":
+            raise RuntimeError(
+                f"efcomm.register_fsdp: unit {path!r} already has a custom reduce-scatter ({g._reduce_scatter_comm!r})"
+            )
+        comm = _CompressedReduceScatter(state, path, g, names)
+        state.units.append(comm)
+        g._reduce_scatter_comm = comm
     return state
 
 

@@ -18,7 +18,6 @@ from .methods import make_method
 from .stats import CommStats
 
 _STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-FORMAT = 1  # the version of the state dict's layout (saved under "format")
 
 
 class EFState:
@@ -174,15 +173,7 @@ class EFState:
         """This rank's state, under its rank: ``{"ranks": {"<rank>": {...}}}``. Save one per
         rank (``torch.save``), or every rank's together with torch.distributed.checkpoint
         (this is its ``Stateful`` protocol; see efcomm.checkpoint), where each rank's tensors
-        keep their own keys.
-
-        A fresh state (before its first exchange, nothing loaded) holds nothing to save and
-        does not know which ranks and buckets a checkpoint holds: its state dict is the
-        format's version alone, a key every efcomm checkpoint has, so that a plain
-        ``dcp.load`` of it (what checkpoint managers call on every ``Stateful``) reaches
-        :meth:`load_state_dict`, which says to use ``efcomm.checkpoint.load``."""
-        if self.rank is None and not self.buckets and self.stats.steps == 0:
-            return {"format": FORMAT}
+        keep their own keys."""
         rank = self.rank if self.rank is not None else 0
         entry = {
             "config": self.config(),
@@ -192,8 +183,9 @@ class EFState:
             "stats": self.stats.state_dict(),
         }
         # No "buckets" key without buckets: a fresh state's state dict (the template that a
-        # plain torch.distributed.checkpoint.load fills) then names only keys that every
-        # checkpoint holds, so that load_state_dict, not DCP, tells the user what to do.
+        # plain torch.distributed.checkpoint.load fills; a fresh state is rank 0's) then names
+        # only keys that every checkpoint holds, so that load_state_dict, not DCP, tells the
+        # user what to do (num_buckets says what the checkpoint held).
         if self.buckets:
             entry["buckets"] = [
                 {
@@ -204,7 +196,7 @@ class EFState:
                 }
                 for b in self.buckets.values()
             ]
-        return {"format": FORMAT, "ranks": {str(rank): entry}}
+        return {"ranks": {str(rank): entry}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a rank's state saved by :meth:`state_dict`: the same rank's, to continue
@@ -213,12 +205,6 @@ class EFState:
         (each method's ``reform`` rule, efcomm.methods), so that the method's invariants hold
         (EF21: every h_i := h, which keeps h = mean h_i). Ranks check that they loaded the
         same buckets at the same step before any exchange, and raise otherwise."""
-        if "ranks" not in state and "format" in state:
-            raise ValueError(
-                "efcomm: this load gave the state no rank's entry: a fresh EFState does not know which ranks and "
-                "buckets a checkpoint holds, so a plain torch.distributed.checkpoint.load cannot fill it; load it "
-                "with efcomm.checkpoint.load(state, checkpoint_id) (the model and optimizer with dcp.load as before)"
-            )
         saved = per_rank(state)
         if saved["config"] != self.config():
             raise ValueError(

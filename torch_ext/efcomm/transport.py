@@ -18,7 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .engine import AllGather, AllGatherShards, AllReduceSum, Broadcasts, GatherChoices, ReduceScatter, Step
+from .engine import (
+    AllGather,
+    AllGatherShards,
+    AllReduceSum,
+    AllToAll,
+    Broadcasts,
+    GatherChoices,
+    ReduceScatter,
+    Step,
+)
 
 
 class DDPTransport:
@@ -77,6 +86,9 @@ class DDPTransport:
         if isinstance(request, AllGatherShards):
             full = request.shard.new_empty((request.shard.numel() * dist.get_world_size(group),))
             return dist.all_gather_into_tensor(full, request.shard, group=group, async_op=True), full
+        if isinstance(request, AllToAll):
+            received = torch.empty_like(request.messages)
+            return dist.all_to_all_single(received, request.messages, group=group, async_op=True), received
         raise TypeError(f"efcomm: unknown exchange {type(request).__name__}")
 
     def _wait(self, request):
@@ -179,6 +191,8 @@ class InProcessTransport:
         if isinstance(first, AllGatherShards):
             full = torch.cat([r.shard for r in requests])
             return [full.clone() for _ in requests]
+        if isinstance(first, AllToAll):
+            return [torch.stack([r.messages[rank] for r in requests]) for rank in range(len(requests))]
         raise TypeError(f"efcomm: unknown exchange {type(first).__name__}")
 
 
