@@ -301,6 +301,67 @@ def scenario_compressed_reduce_scatter(rank, world, ctx):
     return out
 
 
+def scenario_compile(rank, world, ctx):
+    """torch.compile (backend aot_eager): a DDP model compiled whole (DDP's graph-splitting
+    optimizer, which calls the hook eagerly per bucket) with efcomm's hook against the same
+    compiled model with DDP's all-reduce; an FSDP2 model compiled with register_fsdp against
+    compiled native HSDP; DDP's compiled python-reducer mode refused."""
+    import torch._dynamo
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ddp_workers import _mlp
+
+    def ddp_run(with_efcomm):
+        torch._dynamo.reset()
+        model = _mlp()
+        ddp = DistributedDataParallel(model)
+        if with_efcomm:
+            efcomm.register(ddp, "none", efcomm.Identity(), min_compress_numel=32, always_compress=True)
+        compiled = torch.compile(ddp, backend="aot_eager")
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        gen = torch.Generator().manual_seed(rank)
+        for _ in range(5):
+            x, y = torch.randn(8, 16, generator=gen), torch.randint(0, 4, (8,), generator=gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(compiled(x), y).backward()
+            opt.step()
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def fsdp_run(with_efcomm):
+        torch._dynamo.reset()
+        mesh = ctx["mesh"]
+        model = sharded(mesh["shard"] if with_efcomm else mesh)
+        if with_efcomm:
+            efcomm.register_fsdp(model, "none", efcomm.Identity(), replicate_group=mesh["replicate"].get_group())
+        compiled = torch.compile(model, backend="aot_eager")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(rank)
+        losses = []
+        for _ in range(3):
+            x, y = batch(gen)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(compiled(x).reshape(-1, VOCAB), y.reshape(-1))
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return shards(model), losses
+
+    out = {"ddp_efcomm": ddp_run(True), "ddp_allreduce": ddp_run(False)}
+    out["fsdp_efcomm"], out["fsdp_efcomm_losses"] = fsdp_run(True)
+    out["fsdp_native"], out["fsdp_native_losses"] = fsdp_run(False)
+    previous = torch._dynamo.config.optimize_ddp
+    torch._dynamo.config.optimize_ddp = "python_reducer"
+    try:
+        efcomm.register(DistributedDataParallel(_mlp()), "ef21")
+        out["python_reducer_error"] = None
+    except ValueError as e:
+        out["python_reducer_error"] = str(e)
+    finally:
+        torch._dynamo.config.optimize_ddp = previous
+    torch._dynamo.reset()
+    return out
+
+
 def scenario_killed_rank(rank, world, ctx):
     """The last rank dies in the middle of training (run last: the group is broken
     afterwards): the others must fail with an error within seconds, not hang."""
@@ -331,6 +392,7 @@ LAUNCHES = (
             "bf16_reduce_dtype",
             "bad_inputs",
             "compressed_reduce_scatter",
+            "compile",
             "resume_save",
             "resume_load",
         ],

@@ -217,3 +217,24 @@ def test_compressed_reduce_scatter_trains_like_fsdp(fsdp_launches, name):
         unit_numel = sum(numel for numel, _ in ours["units"])  # every row of every unit: the whole model
         assert ours["state_numel"] == (2 * unit_numel if name == "ef21" else 0)
         assert ours["stats"]["bytes_sent"] * 3 < ours["stats"]["dense_bytes"]
+
+
+def test_compiled_ddp_with_efcomm_trains_like_compiled_ddp(fsdp_launches):
+    """torch.compile(ddp, backend="aot_eager"): DDP's graph-splitting optimizer calls the
+    efcomm hook eagerly per bucket (plain averaging through the engine's all-gather path,
+    Identity), as it calls DDP's own all-reduce."""
+    for r in fsdp_launches["2x2"]:
+        run = r["compile"]
+        torch.testing.assert_close(run["ddp_efcomm"], run["ddp_allreduce"], rtol=0, atol=1e-6)
+
+
+def test_compiled_fsdp_with_register_fsdp_trains_like_compiled_native_hsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["compile"]
+        torch.testing.assert_close(run["fsdp_efcomm"], run["fsdp_native"], rtol=0, atol=1e-6)
+        assert run["fsdp_efcomm_losses"] == pytest.approx(run["fsdp_native_losses"], abs=1e-5)
+
+
+def test_compiled_python_reducer_mode_is_refused(fsdp_launches):
+    error = fsdp_launches["2x2"][0]["compile"]["python_reducer_error"]
+    assert "python-reducer" in error and "once per parameter" in error
