@@ -16,6 +16,7 @@ import efcomm
 from efcomm.engine import BucketInput, bucket_step, row_signature, scatter_step
 from efcomm.methods import Worker
 from efcomm.transport import InProcessTransport
+from efcomm import wire_model  # noqa: F401  (efcomm.wire_model below)
 from efcomm.wire_model import hsdp_inter_bytes
 from fsdp_workers import COMPACT_TOP1
 
@@ -238,3 +239,30 @@ def test_compiled_fsdp_with_register_fsdp_trains_like_compiled_native_hsdp(fsdp_
 def test_compiled_python_reducer_mode_is_refused(fsdp_launches):
     error = fsdp_launches["2x2"][0]["compile"]["python_reducer_error"]
     assert "python-reducer" in error and "once per parameter" in error
+
+
+def test_hsdp_wire_model_bytes_and_times():
+    """Native HSDP all-reduces each GPU's 1/L shard among N nodes (2 (N-1)/N D/L bytes);
+    efcomm all-gathers the shard's message ((N-1) M(D/L)); both share the reduce-scatter."""
+    from efcomm.wire_model import NVLINK, Topology, hsdp_rows
+
+    d, compute, overhead = 8e9, 0.2, 0.01
+    rows = hsdp_rows(d, lambda fraction: 1e6 * fraction, compute, overhead, topologies=[Topology(8, 8)])
+    hsdp, ours = rows
+    assert hsdp["exchange"] == "hsdp" and ours["exchange"] == "efcomm hsdp"
+    assert hsdp["intra_bytes"] == ours["intra_bytes"] == 7 / 8 * d
+    assert hsdp["inter_bytes"] == pytest.approx(2 * 7 / 8 * d / 8)
+    assert ours["inter_bytes"] == pytest.approx(7 * 1e6 / 8)
+    for name, seconds in hsdp["predicted_s"].items():
+        bandwidth = next(n.bandwidth for n in efcomm.wire_model.NETWORKS if n.name == name)
+        assert seconds == pytest.approx(compute + 7 / 8 * d / NVLINK.bandwidth + hsdp["inter_bytes"] / bandwidth)
+        assert ours["predicted_s"][name] == pytest.approx(
+            compute + overhead + 7 / 8 * d / NVLINK.bandwidth + ours["inter_bytes"] / bandwidth
+        )
+
+
+def test_hsdp_inter_bytes_counts_small_shards_dense():
+    top = efcomm.TopK(**COMPACT_TOP1)
+    assert hsdp_inter_bytes([100], top, torch.float32, 256) == 400  # below min_compress_numel: dense
+    assert hsdp_inter_bytes([5000], top, torch.float32, 256) == top.message_nbytes(5000, torch.float32)
+    assert hsdp_inter_bytes([100, 5000], top, torch.float32, 256) == 400 + top.message_nbytes(5000, torch.float32)

@@ -426,7 +426,24 @@ def main(argv: Optional[list] = None) -> None:
         "(e.g. 124e6 for GPT-2 small) instead",
     )
     parser.add_argument("--ratio", type=float, default=0.01, help="Top-k ratio of the hierarchy table")
+    parser.add_argument(
+        "--hsdp",
+        type=float,
+        metavar="PARAMETERS",
+        help="print FSDP2's native HSDP against efcomm over HSDP (efcomm.register_fsdp) for a model of this many "
+        "float32 parameters instead, from --compute-ms and --overhead-ms",
+    )
+    parser.add_argument("--compute-ms", type=float, default=0.0, help="measured step time without the network")
+    parser.add_argument("--overhead-ms", type=float, default=0.0, help="efcomm's measured encode/decode per step")
     args = parser.parse_args(argv)
+    if args.hsdp is not None:
+        if not args.hsdp >= 1 or not 0 < args.ratio <= 1 or args.compute_ms < 0 or args.overhead_ms < 0:
+            parser.error(
+                f"argument --hsdp ({args.hsdp}) must be at least 1, --ratio ({args.ratio}) in (0, 1], "
+                f"--compute-ms ({args.compute_ms}) and --overhead-ms ({args.overhead_ms}) at least 0"
+            )
+        print(hsdp_report(args.hsdp, args.compute_ms / 1e3, args.overhead_ms / 1e3, ratio=args.ratio))
+        return
     if args.hierarchy is not None:
         if not args.hierarchy >= 1 or not 0 < args.ratio <= 1:
             parser.error(
