@@ -190,6 +190,56 @@ def scenario_bf16_reduce_dtype(rank, world, ctx):
     return out
 
 
+def scenario_reduce_scaling(rank, world, ctx):
+    """The cases where FSDP divides after the hook or sums: an fp16 reduce dtype (the hook
+    sees partly divided sums) and set_gradient_divide_factor (native HSDP then sums over
+    replicas), plain averaging through efcomm against native HSDP."""
+    shard_count = ctx["mesh"]["shard"].size()
+    policy = MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float16)
+    native, _ = _native_run(ctx, 4, mp_policy=policy)
+    ours, _, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, mp_policy=policy)
+    out = {"fp16": {"native": shards(native), "efcomm": shards(ours)}}
+
+    def divide(model, m, micro):
+        model.set_gradient_divide_factor(float(shard_count))
+
+    native, _ = _native_run(ctx, 4, before_micro=divide)
+    ours, _, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, before_micro=divide)
+    out["divide_factor"] = {"native": shards(native), "efcomm": shards(ours)}
+    return out
+
+
+def scenario_nonfinite(rank, world, ctx):
+    """An inf loss on rank 0 at step 3 (the optimizer step skipped where a gradient is not
+    finite, as GradScaler does): every rank's exchange restarts its states at the next step."""
+    mesh = ctx["mesh"]
+    model = sharded(mesh["shard"])
+    state = efcomm.register_fsdp(
+        model, "ef21", efcomm.TopK(0.05), replicate_group=mesh["replicate"].get_group(), min_compress_numel=256
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(rank)
+    skipped = []
+    for step in range(8):
+        x, y = batch(gen)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        if step == 3 and rank == 0:
+            loss = loss * float("inf")
+        loss.backward()
+        if all(torch.isfinite(p.grad.to_local()).all() for p in model.parameters()):
+            opt.step()
+        else:
+            skipped.append(step)
+    return {
+        "skipped": skipped,
+        "shards": shards(model),
+        "stats": state.stats.state_dict(),
+        "units": len(state.units),
+        "finite": bool(torch.isfinite(shards(model)).all()),
+    }
+
+
 def scenario_bad_inputs(rank, world, ctx):
     """The errors of register_fsdp, as messages."""
     mesh = ctx["mesh"]
@@ -390,6 +440,8 @@ LAUNCHES = (
             "dense_equals_native_hsdp",
             "accumulation",
             "bf16_reduce_dtype",
+            "reduce_scaling",
+            "nonfinite",
             "bad_inputs",
             "compressed_reduce_scatter",
             "compile",

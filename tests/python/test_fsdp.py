@@ -266,3 +266,23 @@ def test_hsdp_inter_bytes_counts_small_shards_dense():
     assert hsdp_inter_bytes([100], top, torch.float32, 256) == 400  # below min_compress_numel: dense
     assert hsdp_inter_bytes([5000], top, torch.float32, 256) == top.message_nbytes(5000, torch.float32)
     assert hsdp_inter_bytes([100, 5000], top, torch.float32, 256) == 400 + top.message_nbytes(5000, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["fp16", "divide_factor"])
+def test_fp16_reduce_dtype_and_divide_factor_equal_native_hsdp(fsdp_launches, case):
+    """fp16: FSDP divides part of the mean after the hook; a divide factor: native HSDP sums
+    over the replicas. Plain averaging through efcomm gives native HSDP's gradient in both."""
+    for r in fsdp_launches["2x2"]:
+        run = r["reduce_scaling"][case]
+        torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
+
+
+def test_nonfinite_step_restarts_every_unit_alike(fsdp_launches):
+    ranks = fsdp_launches["2x2"]
+    for r in ranks:
+        run = r["nonfinite"]
+        assert run["skipped"] == [3] and run["finite"]
+        assert run["stats"]["nonfinite_resets"] == run["units"] == 3
+        assert run["stats"]["initialisations"] == 2 * run["units"]  # the start, and the restart
+    for a, b in _replica_pairs("2x2"):
+        assert torch.equal(ranks[a]["nonfinite"]["shards"], ranks[b]["nonfinite"]["shards"])
