@@ -6,6 +6,7 @@ root holding the embedding and the head) on gloo ranks laid out as a (replicas, 
 rank = replica * shards + shard."""
 
 import gc
+import pickle
 import os
 import sys
 import time
@@ -139,6 +140,7 @@ def scenario_ef21_compact_top1(rank, world, ctx):
         stats=state.stats.state_dict(),
         units=[(sig[1], sig[0]) for sig in state.buckets],
         history=list(state.stats.history),
+        unpickled_buckets=len(pickle.loads(pickle.dumps(state)).buckets),
     )
     return out
 

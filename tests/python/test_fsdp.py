@@ -35,6 +35,7 @@ def test_ef21_compact_top1_replicas_hold_bitwise_identical_shards(fsdp_launches,
     for a, b in _replica_pairs(launch):
         assert torch.equal(ranks[a]["ef21_compact_top1"]["shards"], ranks[b]["ef21_compact_top1"]["shards"])
     assert not torch.equal(ranks[0]["ef21_compact_top1"]["shards"], ranks[1]["ef21_compact_top1"]["shards"])
+    assert all(r["ef21_compact_top1"]["unpickled_buckets"] == 3 for r in ranks)  # the state pickles
 
 
 @pytest.mark.parametrize("launch", ["2x2", "2x4"])

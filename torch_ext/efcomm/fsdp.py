@@ -68,6 +68,11 @@ class FSDPState(EFState):
         self.units: list = []  # the _UnitHook of every hooked FSDP unit, in module order
         self._step_units: set = set()  # the units whose hook ran in the current step
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(units=[], _step_units=set())  # the hooks belong to this process's model
+        return state
+
     def state_dict(self) -> dict:
         (entry,) = super().state_dict()["ranks"].values()
         if self.rank is None and not self.buckets:  # fresh: rank 0's, as EFState's (a plain dcp.load's template)
@@ -138,19 +143,13 @@ class _UnitHook:
                 group="inter",
             ),
         )
-        summed = self.param_group.gradient_divide_factor is not None
-
-        def finish(out: Tensor) -> Tensor:
-            if out is not reduce_output:
-                reduce_output.copy_(out)
-            if summed:
-                reduce_output.mul_(replicas)
-            return reduce_output
-
-        # The hook runs on FSDP's all-reduce stream (CUDA) and must leave the shard written
-        # when it returns: the step's last collective is waited for here (on CUDA the wait
-        # orders the stream after it without blocking the host).
-        DDPTransport(group).run(step, finish).wait()
+        # The hook runs on FSDP's all-reduce stream (CUDA) and must leave the shard written when
+        # it returns: every exchange is waited for on that stream (without blocking the host).
+        out = DDPTransport(group).run_blocking(step)
+        if out is not reduce_output:
+            reduce_output.copy_(out)
+        if self.param_group.gradient_divide_factor is not None:  # native HSDP sums over replicas
+            reduce_output.mul_(replicas)
 
 
 class _CompressedReduceScatter:
@@ -196,14 +195,9 @@ class _CompressedReduceScatter:
                 last=state._is_last(self),
             ),
         )
-
-        def finish(out: Tensor) -> Tensor:
-            output_tensor.copy_(out)
-            if scale != 1:
-                output_tensor.mul_(scale)
-            return output_tensor
-
-        DDPTransport(group).run(step, finish).wait()
+        output_tensor.copy_(DDPTransport(group).run_blocking(step))  # on FSDP's reduce-scatter stream
+        if scale != 1:
+            output_tensor.mul_(scale)
         return None
 
 

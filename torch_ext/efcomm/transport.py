@@ -63,6 +63,20 @@ class DDPTransport:
 
             return work.get_future().then(resume)
 
+    def run_blocking(self, step: Step) -> Tensor:
+        """Drives ``step`` with every exchange waited for on the calling thread, and returns its
+        output. With NCCL the wait orders the current stream after the collective and does not
+        block the host, so the whole step (encode, collectives, decode) runs on the caller's
+        stream: the FSDP hooks use it, which must leave their output written on FSDP's
+        all-reduce (or reduce-scatter) stream when they return."""
+        value = None
+        while True:
+            try:
+                request = step.send(value)
+            except StopIteration as done:
+                return done.value
+            value = self._wait(request)
+
     def _issue(self, request):
         """Starts the collective of an exchange: (work, the value the step gets back)."""
         group = self.groups[request.group]
