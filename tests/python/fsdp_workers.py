@@ -505,3 +505,53 @@ def run_launches(directory: str, launches=LAUNCHES) -> dict:
         results[name + "_seconds"] = time.monotonic() - start
         saved_mesh = mesh_shape
     return results
+
+
+def devices_worker(rank, world_size, init_method, result_dir, devices):
+    """One rank (a mesh of 1 replica x 1 shard) per device of ``devices`` in one process, with a
+    process group of gloo for CPU tensors and NCCL for CUDA ones: register_fsdp with EF21 and
+    Identity (always compressed), and with compact Top-1%, on each device. On CUDA the hook
+    runs on FSDP's all-reduce stream."""
+    torch.set_num_threads(1)
+    backend = "cpu:gloo,cuda:nccl" if "cuda" in devices else "gloo"
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    results = {}
+    for device in devices:
+        if device == "cuda":
+            torch.cuda.set_device(0)
+        mesh = init_device_mesh(device, (1, 1), mesh_dim_names=("replicate", "shard"))
+        for name, compressor, options in (
+            ("identity", efcomm.Identity(), {"always_compress": True}),
+            ("top1", efcomm.TopK(**COMPACT_TOP1), {}),
+        ):
+            model = sharded(mesh["shard"])
+            state = efcomm.register_fsdp(
+                model,
+                "ef21",
+                compressor,
+                replicate_group=mesh["replicate"].get_group(),
+                min_compress_numel=256,
+                **options,
+            )
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            gen = torch.Generator().manual_seed(0)
+            losses, inter = [], []
+            for _ in range(10):
+                x, y = batch(gen)
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x.to(device)).reshape(-1, VOCAB), y.to(device).reshape(-1))
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                inter.append(state.stats.inter_node_bytes)
+            results[(device, name)] = {
+                "shards": shards(model).cpu(),
+                "losses": losses,
+                "inter_bytes": inter,
+                "units": [(sig[1], sig[0]) for sig in state.buckets],
+                "state_devices": sorted(
+                    {str(t.device.type) for b in state.buckets.values() for t in b.tensors.values()}
+                ),
+            }
+    torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()

@@ -18,7 +18,8 @@ from efcomm.methods import Worker
 from efcomm.transport import InProcessTransport
 from efcomm import wire_model  # noqa: F401  (efcomm.wire_model below)
 from efcomm.wire_model import hsdp_inter_bytes
-from fsdp_workers import COMPACT_TOP1
+from conftest import requires_cuda
+from fsdp_workers import COMPACT_TOP1, devices_worker, spawn
 
 MESHES = {"2x2": (2, 2), "2x4": (2, 4)}
 
@@ -287,3 +288,31 @@ def test_nonfinite_step_restarts_every_unit_alike(fsdp_launches):
         assert run["stats"]["initialisations"] == 2 * run["units"]  # the start, and the restart
     for a, b in _replica_pairs("2x2"):
         assert torch.equal(ranks[a]["nonfinite"]["shards"], ranks[b]["nonfinite"]["shards"])
+
+
+@requires_cuda
+def test_register_fsdp_on_cuda_matches_cpu():
+    """The hook on CUDA (FSDP's all-reduce stream, NCCL) against the same run on the CPU
+    (gloo), one rank: EF21 + Identity equal to rounding; compact Top-1% trains and sends the
+    wire model's bytes, its state on the device. Not run here: this machine has no GPU."""
+    (r,) = spawn(devices_worker, 1, ("cpu", "cuda"))
+    torch.testing.assert_close(r[("cuda", "identity")]["shards"], r[("cpu", "identity")]["shards"], rtol=0, atol=1e-4)
+    for device in ("cpu", "cuda"):
+        run = r[(device, "top1")]
+        per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+        expected = hsdp_inter_bytes([n for n, _ in run["units"]], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)
+        assert per_step == [expected] * len(per_step)
+        assert run["losses"][-1] < run["losses"][0] - 0.5
+        assert run["state_devices"] == [device]
+
+
+def test_devices_worker_runs_on_the_cpu():
+    """The CUDA test's worker, CPU half only (so that its code runs here too)."""
+    (r,) = spawn(devices_worker, 1, ("cpu",))
+    run = r[("cpu", "top1")]
+    per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+    assert (
+        per_step
+        == [hsdp_inter_bytes([n for n, _ in run["units"]], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)] * 9
+    )
+    assert run["losses"][-1] < run["losses"][0] - 0.5 and run["state_devices"] == ["cpu"]
