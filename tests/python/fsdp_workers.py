@@ -261,6 +261,8 @@ def scenario_bad_inputs(rank, world, ctx):
         "shard_group", lambda: efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=mesh["shard"].get_group())
     )
     error("not_a_group", lambda: efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=[0, 2]))
+    alone, _ = dist.new_subgroups_by_enumeration([[r] for r in range(world)])
+    error("does_not_divide", lambda: efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=alone))
 
     def twice():
         model = sharded(mesh["shard"])

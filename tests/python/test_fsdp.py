@@ -109,6 +109,10 @@ def test_bad_inputs_raise_clear_errors(fsdp_launches):
     assert errors["native_hsdp"].startswith("ValueError") and "2-D mesh" in errors["native_hsdp"]
     assert errors["shard_group"].startswith("ValueError") and "replicate_group (ranks [0, 1])" in errors["shard_group"]
     assert errors["not_a_group"].startswith("TypeError") and "got list" in errors["not_a_group"]
+    assert errors["does_not_divide"] == (
+        "ValueError: efcomm.register_fsdp: 1 replicas (replicate_group) x 2 shards (the FSDP mesh) "
+        "must make the world size (4)"
+    )
     assert errors["twice"].startswith("RuntimeError") and "already has an all-reduce hook" in errors["twice"]
 
 
