@@ -15,6 +15,8 @@ Per bucket and step, on rank i (EF21; Richtarik, Sokolov, Fatkhullin 2021, arXiv
 
 Methods with a dense start (EF21) begin each bucket with an all-reduce of the gradients;
 lazy methods (LAG, CLAG, AdaCGD) exchange one choice per rank, then the senders' messages.
+A compressed reduce-scatter (FSDP2's, efcomm.fsdp) is :func:`scatter_step`: every rank runs the
+method on every row of the input, one all-to-all, and each rank decodes its own row.
 How states follow bucket layouts (DDP's rebuild, a resumed run) is in efcomm.bucket_state.
 
 Every exchange a step yields depends only on the bucket's size and the configuration, or on
