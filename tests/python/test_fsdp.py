@@ -320,3 +320,32 @@ def test_devices_worker_runs_on_the_cpu():
         == [hsdp_inter_bytes([n for n, _ in run["units"]], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)] * 9
     )
     assert run["losses"][-1] < run["losses"][0] - 0.5 and run["state_devices"] == ["cpu"]
+
+
+def test_bench_fsdp_report_and_arguments(tmp_path, capsys):
+    """benchmarks/bench_fsdp.py's report from given timings (a run spawns its own processes:
+    too slow for the suite), and its argument checks."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_fsdp
+
+    args = bench_fsdp.parse_args(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    assert (args.dim, args.blocks, args.steps) == (64, 2, 8)
+    results = [
+        {"exchange": "hsdp", "median_s": 0.1, "min_s": 0.1, "max_s": 0.1, "between_replicas_bytes_per_step": 1e5},
+        {
+            "exchange": "efcomm-hsdp",
+            "median_s": 0.12,
+            "min_s": 0.1,
+            "max_s": 0.2,
+            "between_replicas_bytes_per_step": 1e3,
+        },
+    ]
+    bench_fsdp.report(results, args, 4)
+    text = capsys.readouterr().out
+    assert "8x8" in text and "64x8" in text and "efcomm overhead 20.0 ms" in text
+    assert (tmp_path / "bench_fsdp.json").exists()
+    with pytest.raises(SystemExit):
+        bench_fsdp.parse_args(["--replicas", "1"])
