@@ -56,7 +56,8 @@ def _fsdp_classes():
 
 class FSDPState(EFState):
     """The :class:`efcomm.EFState` of :func:`register_fsdp`: its process group is the
-    replicate group (the method's workers are the replicas), and its state dict is keyed
+    replicate group (the method's workers are the replicas), or without one the FSDP mesh's
+    group (the compressed reduce-scatter's workers are its ranks); its state dict is keyed
     by this rank's global rank, so that every rank's shards land under their own keys in one
     torch.distributed.checkpoint checkpoint (efcomm.checkpoint.save / load). Loading at
     another number of replicas (the shard count fixed) re-forms the state by the method's
