@@ -155,6 +155,13 @@ def test_register_fsdp_rejects_a_model_without_fsdp_units():
         efcomm.register_fsdp("model")
 
 
+def test_register_fsdp_rejects_the_ddp_only_options():
+    with pytest.raises(ValueError, match="hierarchy does not apply"):
+        efcomm.register_fsdp(nn.Linear(4, 4), hierarchy=2)
+    with pytest.raises(ValueError, match="side_stream does not apply"):
+        efcomm.register_fsdp(nn.Linear(4, 4), side_stream=True)
+
+
 def test_plain_dcp_load_of_a_fresh_state_raises_efcomm_error():
     """A fresh EFState (DDP's too) loaded by a plain dcp.load, as checkpoint managers do for
     every Stateful: efcomm's error naming efcomm.checkpoint.load, not DCP's missing key.

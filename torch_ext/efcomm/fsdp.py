@@ -219,6 +219,10 @@ def register_fsdp(
     ``replicate_group``: the ranks that hold the same shard as this one on the other replicas
     (every unit sharded over one 1-D mesh: the ranks of one node). Each unit's reduce-scatter
     output then goes through efcomm's exchange between replicas (see the module's doc).
+    Without it, each unit's reduce-scatter over its mesh is replaced by efcomm's compressed one
+    (``set_custom_reduce_scatter``; efcomm.engine.scatter_step): stateless with ``"none"`` and
+    an unbiased compressor (QSGD, stochastic Int8), or a non-lazy error-feedback method, whose
+    state then covers every row of the unit (EF21: twice the unsharded unit per rank).
     ``options`` are those of :class:`efcomm.EFState` (``min_compress_numel``, ``state_dtype``
     (e.g. ``torch.float32`` with a bf16 ``reduce_dtype``), ``allow_biased``, ``seed``, ...;
     not ``hierarchy``, which FSDP's own mesh replaces). Every rank must call it.
@@ -226,14 +230,16 @@ def register_fsdp(
     FSDPModule, FSDPMeshInfo, DDPMeshInfo = _fsdp_classes()
     if not isinstance(model, nn.Module):
         raise TypeError(f"efcomm.register_fsdp: model must be an nn.Module; got {type(model).__name__}")
+    if "hierarchy" in options:
+        raise ValueError("efcomm.register_fsdp: hierarchy does not apply: FSDP's mesh shards inside the node")
+    if options.get("side_stream"):
+        raise ValueError("efcomm.register_fsdp: side_stream does not apply: the exchange runs on FSDP's own stream")
     units = [(path, m) for path, m in model.named_modules() if isinstance(m, FSDPModule)]
     if not units:
         raise TypeError(
             f"efcomm.register_fsdp: model ({type(model).__name__}) holds no FSDP module: wrap its blocks and "
             "the model itself with torch.distributed.fsdp.fully_shard first"
         )
-    if "hierarchy" in options:
-        raise ValueError("efcomm.register_fsdp: hierarchy does not apply: FSDP's mesh shards inside the node")
     groups = [(path or "<root>", _unit_param_group(m)) for path, m in units]
     groups = [(path, g) for path, g in groups if g is not None]  # units that hold no parameter
     if not groups:
