@@ -42,3 +42,22 @@ def ddp_launches(tmp_path_factory):
         results = run_launches(str(shared / "ddp"))
         torch.save(results, done)
         return results
+
+
+@pytest.fixture(scope="session")
+def fsdp_launches(tmp_path_factory):
+    """The multi-process FSDP2 scenarios (tests/python/fsdp_workers.py: LAUNCHES), run once for
+    the whole session, shared by pytest-xdist workers as ``ddp_launches`` is."""
+    from fsdp_workers import run_launches
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return run_launches(str(tmp_path_factory.mktemp("fsdp")))
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / "fsdp_launches.lock")):
+        done = shared / "fsdp_launches.pt"
+        if done.exists():
+            return torch.load(done, weights_only=False)
+        (shared / "fsdp").mkdir()
+        results = run_launches(str(shared / "fsdp"))
+        torch.save(results, done)
+        return results

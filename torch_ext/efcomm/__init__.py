@@ -4,6 +4,7 @@ Top-k, Rand-k and quantizers)."""
 from . import compressors, methods, ops  # the simulator (efcomm.sim) is a subpackage that this never imports
 from .bucket_state import BucketState
 from .compressors import *  # noqa: F401,F403  (every registered compressor: TopK, RandK, QSGD, ...)
+from .fsdp import register_fsdp
 from .hook import ef_hook, register
 from .methods import METHODS, Method
 from .smoothness import estimate_smoothness
@@ -22,5 +23,6 @@ __all__ = [
     "Method",
     "ef_hook",
     "register",
+    "register_fsdp",
 ] + compressors.__all__
 __version__ = "0.1.0"

@@ -15,6 +15,8 @@ Per bucket and step, on rank i (EF21; Richtarik, Sokolov, Fatkhullin 2021, arXiv
 
 Methods with a dense start (EF21) begin each bucket with an all-reduce of the gradients;
 lazy methods (LAG, CLAG, AdaCGD) exchange one choice per rank, then the senders' messages.
+A compressed reduce-scatter (FSDP2's, efcomm.fsdp) is :func:`scatter_step`: every rank runs the
+method on every row of the input, one all-to-all, and each rank decodes its own row.
 How states follow bucket layouts (DDP's rebuild, a resumed run) is in efcomm.bucket_state.
 
 Every exchange a step yields depends only on the bucket's size and the configuration, or on
@@ -97,6 +99,16 @@ class AllGatherShards:
     """Every rank's ``shard``, concatenated in rank order (the result)."""
 
     shard: Tensor
+    final: bool = True
+    group: str = "flat"
+
+
+@dataclass
+class AllToAll:
+    """Every rank's fixed-size uint8 message for every rank: ``messages`` is [world, nbytes],
+    row j for rank j; the result is [world, nbytes], row i the message rank i sent to this one."""
+
+    messages: Tensor
     final: bool = True
     group: str = "flat"
 
@@ -300,6 +312,73 @@ def _dense_mean(state, bucket: BucketInput) -> Step:
     state.stats.record(reduced.numel() * reduced.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     return (yield AllReduceSum(reduced))
+
+
+def row_signature(signature: tuple, row: int, world: int) -> tuple:
+    """The layout of row ``row`` of a reduce-scatter's input (see :func:`scatter_step`): the
+    same on every rank, so that every rank encodes a row with the owner's random streams."""
+    dtype, numel, params = signature
+    return (dtype, numel // world, (("#row", (row, world)),) + tuple(params))
+
+
+def scatter_step(state, bucket: BucketInput) -> Step:
+    """A compressed reduce-scatter on one rank: ``bucket.g`` holds one row per rank (row j:
+    the entries rank j owns, as FSDP lays out its reduce-scatter input). Each row is a state
+    layout of its own (:func:`row_signature`): every rank encodes every row with the method
+    (EF21: c_ij = C(g_ij - h_ij); h_ij += c_ij), one all-to-all sends row j's message to rank
+    j, and each rank decodes the messages of its own row (h_j += (1/n) sum_i c_ij). Returns
+    this rank's row of the mean. A stateful method keeps this rank's error-feedback state of
+    every row (the whole bucket) and its aggregate of every row; only its own row's is read.
+    Rows too small to compress, and the dense start, are a plain reduce-scatter of the mean."""
+    worker = bucket.worker
+    method, world, g = state.method_impl, worker.world, bucket.g
+    rows = g.view(world, -1)
+    shard = rows.shape[1]
+    if method.lazy:
+        raise ValueError(f"efcomm: a compressed reduce-scatter runs the non-lazy methods only, not {method!r}")
+    if not state.compresses(shard, g.dtype):
+        g.div_(world)
+        state.stats.record(g.numel() * g.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
+        state.end_step_if_last(bucket.last)
+        return (yield ReduceScatter(g))
+    signatures = [row_signature(bucket.signature, j, world) for j in range(world)]
+    segments = [state.buckets.get(sig) for sig in signatures]
+    if any(s is None for s in segments) and method.dense_init:
+        return (yield from _initialise_rows(state, bucket, rows, signatures))
+    for j, sig in enumerate(signatures):
+        if segments[j] is None:
+            segments[j] = state.buckets[sig] = BucketState(sig, method.init_state(rows[j], None, worker))
+            state._created.add(sig)
+    codecs = [_begin(state, segment, rows[j], worker) for j, segment in enumerate(segments)]
+    messages = torch.stack([method.encode(rows[j], segments[j].tensors, codecs[j], worker) for j in range(world)])
+    state.stats.record(messages.numel(), bucket.dense_bytes, bucket.last, bucket.group)
+    state.end_step_if_last(bucket.last)
+    received = yield AllToAll(messages)
+    own = segments[worker.rank]
+    out = method.decode(own.tensors, received, codecs[worker.rank], rows[worker.rank], worker)
+    own.nonfinite = nonfinite(out)
+    return out
+
+
+def _initialise_rows(state, bucket: BucketInput, rows: Tensor, signatures: list) -> Step:
+    """The dense start of a compressed reduce-scatter: h_ij = g_ij for every row, and the
+    owner's aggregate h_j = mean_i g_ij from a plain reduce-scatter."""
+    worker = bucket.worker
+    states = []
+    for j, sig in enumerate(signatures):
+        states.append(BucketState(sig, state.method_impl.init_state(rows[j], rows[j].clone(), worker)))
+        state.buckets[sig] = states[-1]
+        state._created.add(sig)
+        state._touched.add(sig)
+    state.stats.initialisations += 1
+    mean = bucket.g.div(worker.world)
+    state.stats.record(mean.numel() * mean.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
+    state.end_step_if_last(bucket.last)
+    out = yield ReduceScatter(mean)
+    own = states[worker.rank]
+    own.tensors["h"].copy_(out)
+    own.nonfinite = nonfinite(out)
+    return own.tensors["h"]
 
 
 def run_local(step: Step) -> Optional[Tensor]:

@@ -99,7 +99,12 @@ def register(
     if getattr(ddp_model, "mixed_precision", None) is not None:
         raise ValueError("efcomm.register: DDP's mixed_precision installs its own hook; use state_dtype instead")
     if getattr(ddp_model, "_use_python_reducer", False):
-        raise ValueError("efcomm.register: the compiled python-reducer mode of DDP is not supported")
+        raise ValueError(
+            "efcomm.register: the compiled python-reducer mode of DDP (torch._dynamo.config.optimize_ddp = "
+            "'python_reducer') is not supported: it calls communication hooks once per parameter with "
+            "(grad, param), not per bucket with a GradBucket, and traces them into the compiled graph; "
+            "torch.compile DDP with the default optimize_ddp=True, which calls the hook eagerly per bucket"
+        )
     names = {id(p): name for name, p in ddp_model.module.named_parameters()}
     group = process_group if process_group is not None else ddp_model.process_group
     options["hierarchy"] = make_hierarchy(options.get("hierarchy"), group)

@@ -186,25 +186,28 @@ class EFState:
         (this is its ``Stateful`` protocol; see efcomm.checkpoint), where each rank's tensors
         keep their own keys."""
         rank = self.rank if self.rank is not None else 0
-        return {
-            "ranks": {
-                str(rank): {
-                    "config": self.config(),
-                    "world_size": self.world_size,
-                    "rank": self.rank,
-                    "buckets": [
-                        {
-                            "signature": b.signature,
-                            "steps": b.steps,
-                            "tensors": {n: t.clone() for n, t in b.tensors.items()},
-                            "hints": {n: t.clone() for n, t in b.hints.items()},
-                        }
-                        for b in self.buckets.values()
-                    ],
-                    "stats": self.stats.state_dict(),
-                }
-            }
+        entry = {
+            "config": self.config(),
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "num_buckets": len(self.buckets),
+            "stats": self.stats.state_dict(),
         }
+        # No "buckets" key without buckets: a fresh state's state dict (the template that a
+        # plain torch.distributed.checkpoint.load fills; a fresh state is rank 0's) then names
+        # only keys that every checkpoint holds, so that load_state_dict, not DCP, tells the
+        # user what to do (num_buckets says what the checkpoint held).
+        if self.buckets:
+            entry["buckets"] = [
+                {
+                    "signature": b.signature,
+                    "steps": b.steps,
+                    "tensors": {n: t.clone() for n, t in b.tensors.items()},
+                    "hints": {n: t.clone() for n, t in b.hints.items()},
+                }
+                for b in self.buckets.values()
+            ]
+        return {"ranks": {str(rank): entry}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a rank's state saved by :meth:`state_dict`: the same rank's, to continue
@@ -218,8 +221,17 @@ class EFState:
             raise ValueError(
                 f"efcomm: checkpoint configuration {saved['config']} differs from this state's {self.config()}"
             )
+        buckets = saved.get("buckets", [])
+        expected = int(saved.get("num_buckets", len(buckets)))
+        if len(buckets) != expected:
+            raise ValueError(
+                f"efcomm: the checkpoint holds {expected} error-feedback bucket(s) for this rank, of which this "
+                f"load read {len(buckets)}: a fresh EFState does not know which buckets a checkpoint holds, so a "
+                "plain torch.distributed.checkpoint.load cannot fill it; load it with "
+                "efcomm.checkpoint.load(state, checkpoint_id) (and the model and optimizer with dcp.load as before)"
+            )
         self.buckets = {}
-        for bucket in saved["buckets"]:
+        for bucket in buckets:
             signature = as_signature(bucket["signature"])
             tensors = {n: t.clone() for n, t in bucket.get("tensors", {}).items()}
             hints = {n: t.clone() for n, t in bucket.get("hints", {}).items()}

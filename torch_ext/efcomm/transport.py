@@ -18,7 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .engine import AllGather, AllGatherShards, AllReduceSum, Broadcasts, GatherChoices, ReduceScatter, Step
+from .engine import (
+    AllGather,
+    AllGatherShards,
+    AllReduceSum,
+    AllToAll,
+    Broadcasts,
+    GatherChoices,
+    ReduceScatter,
+    Step,
+)
 
 
 class DDPTransport:
@@ -54,6 +63,20 @@ class DDPTransport:
 
             return work.get_future().then(resume)
 
+    def run_blocking(self, step: Step) -> Tensor:
+        """Drives ``step`` with every exchange waited for on the calling thread, and returns its
+        output. With NCCL the wait orders the current stream after the collective and does not
+        block the host, so the whole step (encode, collectives, decode) runs on the caller's
+        stream: the FSDP hooks use it, which must leave their output written on FSDP's
+        all-reduce (or reduce-scatter) stream when they return."""
+        value = None
+        while True:
+            try:
+                request = step.send(value)
+            except StopIteration as done:
+                return done.value
+            value = self._wait(request)
+
     def _issue(self, request):
         """Starts the collective of an exchange: (work, the value the step gets back)."""
         group = self.groups[request.group]
@@ -77,6 +100,9 @@ class DDPTransport:
         if isinstance(request, AllGatherShards):
             full = request.shard.new_empty((request.shard.numel() * dist.get_world_size(group),))
             return dist.all_gather_into_tensor(full, request.shard, group=group, async_op=True), full
+        if isinstance(request, AllToAll):
+            received = torch.empty_like(request.messages)
+            return dist.all_to_all_single(received, request.messages, group=group, async_op=True), received
         raise TypeError(f"efcomm: unknown exchange {type(request).__name__}")
 
     def _wait(self, request):
@@ -179,6 +205,8 @@ class InProcessTransport:
         if isinstance(first, AllGatherShards):
             full = torch.cat([r.shard for r in requests])
             return [full.clone() for _ in requests]
+        if isinstance(first, AllToAll):
+            return [torch.stack([r.messages[rank] for r in requests]) for rank in range(len(requests))]
         raise TypeError(f"efcomm: unknown exchange {type(first).__name__}")
 
 

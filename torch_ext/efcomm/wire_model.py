@@ -270,14 +270,14 @@ def hierarchy_rows(
     return out
 
 
-def format_hierarchy(title: str, table: list[dict], networks=NETWORKS) -> str:
+def format_hierarchy(title: str, table: list[dict], networks=NETWORKS, baseline: str = "nccl") -> str:
     lines = [
         title,
-        f"{'nodes x GPUs':<14}{'exchange':<14}{'network MB/GPU':>16}{'vs nccl':>9}"
+        f"{'nodes x GPUs':<14}{'exchange':<14}{'network MB/GPU':>16}{'vs ' + baseline:>9}"
         + "".join(f"{net.name + ' ms':>18}" for net in networks),
     ]
     for r in table:
-        dense = next(x for x in table if x["topology"] == r["topology"] and x["exchange"] == "nccl")
+        dense = next(x for x in table if x["topology"] == r["topology"] and x["exchange"] == baseline)
         ratio = dense["inter_bytes"] / r["inter_bytes"] if r["inter_bytes"] else float("inf")
         times = "".join(f"{r['predicted_s'][net.name] * 1e3:>18,.2f}" for net in networks)
         lines.append(f"{r['topology']:<14}{r['exchange']:<14}{r['inter_bytes'] / 1e6:>16,.2f}{ratio:>8.1f}x{times}")
@@ -319,6 +319,101 @@ def hierarchy_report(
     return "\n\n".join(text)
 
 
+# ---- FSDP2 past one node: native HSDP against efcomm over HSDP (efcomm.fsdp) ----------
+
+
+def hsdp_inter_bytes(shard_numels, compressor, dtype, min_compress_numel: int = 1024) -> int:
+    """The payload this rank contributes per step to efcomm's exchange between replicas
+    (``stats.inter_node_bytes`` per step past the dense start), for FSDP units whose shards
+    have ``shard_numels`` entries of ``dtype`` (the reduce dtype): a shard's compressed
+    message, or the shard itself where it is too small to compress or its message is not
+    smaller (efcomm.EFState.compresses)."""
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for numel in shard_numels:
+        dense = numel * itemsize
+        message = compressor.message_nbytes(numel, dtype)
+        total += message if numel >= min_compress_numel and message < dense else dense
+    return total
+
+
+def hsdp_rows(
+    gradient_bytes: float,
+    message_nbytes,
+    compute_s: float,
+    efcomm_overhead_s: float = 0.0,
+    topologies=TOPOLOGIES,
+    networks=NETWORKS,
+    nvlink=NVLINK,
+) -> list[dict]:
+    """Per topology (nodes x GPUs per node, FSDP sharding inside the node): bytes per GPU and
+    step, and the predicted step time (``compute_s`` plus the communication, no overlap) of
+
+      hsdp          FSDP2's native HSDP: the reduce-scatter in the node ((L-1)/L D), then the
+                    all-reduce of the GPU's shard among the N replicas (2 (N-1)/N D/L);
+      efcomm hsdp   efcomm.register_fsdp: the same reduce-scatter, then an all-gather of the
+                    shard's compressed message among the replicas ((N-1) M(D/L)), plus
+                    ``efcomm_overhead_s`` (the encode and decode).
+
+    The parameter all-gathers are FSDP's own and the same in both: left out. ``message_nbytes``
+    (fraction) gives the bytes of one message of that fraction of the gradient."""
+    out = []
+    for topology in topologies:
+        nodes, local = topology.nodes, topology.local
+        intra = (local - 1) / local * gradient_bytes
+        exchanges = {
+            "hsdp": (2 * (nodes - 1) / nodes * gradient_bytes / local, 0.0),
+            "efcomm hsdp": ((nodes - 1) * message_nbytes(1.0 / local), efcomm_overhead_s),
+        }
+        for name, (inter, overhead) in exchanges.items():
+            out.append(
+                {
+                    "topology": f"{nodes}x{local}",
+                    "exchange": name,
+                    "intra_bytes": intra,
+                    "inter_bytes": inter,
+                    "predicted_s": {
+                        net.name: compute_s + overhead + intra / nvlink.bandwidth + inter / net.bandwidth
+                        for net in networks
+                    },
+                }
+            )
+    return out
+
+
+def hsdp_report(
+    parameters: float,
+    compute_s: float,
+    efcomm_overhead_s: float = 0.0,
+    unit_numel: int = 6_553_600,
+    ratio: float = 0.01,
+) -> str:
+    """The HSDP table for a float32 model of ``parameters`` parameters in FSDP units of
+    ``unit_numel`` entries, EF21 + Top-``ratio`` with bf16 values and 16-bit offsets, from a
+    measured compute time per step (and efcomm's measured overhead)."""
+    import math
+
+    import torch
+
+    from .compressors import TopK
+
+    compressor = TopK(ratio, value_dtype=torch.bfloat16, index_bits=16)
+
+    def message_nbytes(fraction):
+        units = math.ceil(parameters / unit_numel)
+        return units * compressor.message_nbytes(max(1, math.ceil(fraction * unit_numel)), torch.float32)
+
+    table = hsdp_rows(4 * parameters, message_nbytes, compute_s, efcomm_overhead_s)
+    title = (
+        f"FSDP2 over nodes, {parameters / 1e6:,.0f}M float32 parameters, units of {unit_numel:,} entries, "
+        f"EF21 + Top-{ratio:g} (bf16 values, 16-bit offsets); compute {compute_s * 1e3:,.1f} ms/step, "
+        f"efcomm overhead {efcomm_overhead_s * 1e3:,.1f} ms/step: predicted step time (no overlap)"
+    )
+    return format_hierarchy(title, table, baseline="hsdp")
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="?", help="the JSON file written by benchmarks/bench_ddp.py")
@@ -331,7 +426,24 @@ def main(argv: Optional[list] = None) -> None:
         "(e.g. 124e6 for GPT-2 small) instead",
     )
     parser.add_argument("--ratio", type=float, default=0.01, help="Top-k ratio of the hierarchy table")
+    parser.add_argument(
+        "--hsdp",
+        type=float,
+        metavar="PARAMETERS",
+        help="print FSDP2's native HSDP against efcomm over HSDP (efcomm.register_fsdp) for a model of this many "
+        "float32 parameters instead, from --compute-ms and --overhead-ms",
+    )
+    parser.add_argument("--compute-ms", type=float, default=0.0, help="measured step time without the network")
+    parser.add_argument("--overhead-ms", type=float, default=0.0, help="efcomm's measured encode/decode per step")
     args = parser.parse_args(argv)
+    if args.hsdp is not None:
+        if not args.hsdp >= 1 or not 0 < args.ratio <= 1 or args.compute_ms < 0 or args.overhead_ms < 0:
+            parser.error(
+                f"argument --hsdp ({args.hsdp}) must be at least 1, --ratio ({args.ratio}) in (0, 1], "
+                f"--compute-ms ({args.compute_ms}) and --overhead-ms ({args.overhead_ms}) at least 0"
+            )
+        print(hsdp_report(args.hsdp, args.compute_ms / 1e3, args.overhead_ms / 1e3, ratio=args.ratio))
+        return
     if args.hierarchy is not None:
         if not args.hierarchy >= 1 or not 0 < args.ratio <= 1:
             parser.error(

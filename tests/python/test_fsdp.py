@@ -1,0 +1,358 @@
+"""efcomm under FSDP2 (efcomm.register_fsdp): the exchange between replicas of a sharded
+model, on gloo ranks laid out as 2 replicas x 2 shards and 2 replicas x 4 shards.
+
+Two launches of processes run every scenario (fsdp_workers.LAUNCHES, the session fixture
+``fsdp_launches``); the tests read their results."""
+
+import math
+import tempfile
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+import efcomm
+from efcomm.engine import BucketInput, bucket_step, row_signature, scatter_step
+from efcomm.methods import Worker
+from efcomm.transport import InProcessTransport
+from efcomm import wire_model  # noqa: F401  (efcomm.wire_model below)
+from efcomm.wire_model import hsdp_inter_bytes
+from conftest import requires_cuda
+from fsdp_workers import COMPACT_TOP1, devices_worker, spawn
+
+MESHES = {"2x2": (2, 2), "2x4": (2, 4)}
+
+
+def _replica_pairs(launch: str):
+    """(rank, rank of the same shard on the next replica) for every rank of the first replica."""
+    replicas, shards = MESHES[launch]
+    return [(r, r + shards * k) for r in range(shards) for k in range(1, replicas)]
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_ef21_compact_top1_replicas_hold_bitwise_identical_shards(fsdp_launches, launch):
+    ranks = fsdp_launches[launch]
+    for a, b in _replica_pairs(launch):
+        assert torch.equal(ranks[a]["ef21_compact_top1"]["shards"], ranks[b]["ef21_compact_top1"]["shards"])
+    assert not torch.equal(ranks[0]["ef21_compact_top1"]["shards"], ranks[1]["ef21_compact_top1"]["shards"])
+    assert all(r["ef21_compact_top1"]["unpickled_buckets"] == 3 for r in ranks)  # the state pickles
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_ef21_compact_top1_trains_like_native_hsdp(fsdp_launches, launch):
+    for r in fsdp_launches[launch]:
+        run = r["ef21_compact_top1"]
+        first, last = run["losses"][0], sum(run["losses"][-5:]) / 5
+        assert last < first - 1.0  # untrained: ln(64) = 4.16
+        if launch == "2x2":
+            assert last < sum(run["native_losses"][-5:]) / 5 + 0.3
+
+
+@pytest.mark.parametrize("launch", ["2x2", "2x4"])
+def test_bytes_between_replicas_match_wire_model_and_are_20x_below_dense(fsdp_launches, launch):
+    """Past the dense start, every step sends each unit's shard message once (the wire
+    model's count), at least 20 times below native HSDP's all-reduce of the same shards."""
+    replicas, shards = MESHES[launch]
+    for r in fsdp_launches[launch]:
+        run = r["ef21_compact_top1"]
+        units = run["units"]
+        assert len(units) == 3  # two blocks and the root
+        per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+        expected = hsdp_inter_bytes([n for n, _ in units], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)
+        assert per_step == [expected] * len(per_step)
+        dense = sum(n for n, _ in units) * 4
+        assert run["stats"]["dense_bytes"] == dense * len(run["losses"])
+        assert run["inter_bytes"][0] == dense  # the dense start
+        assert dense / expected >= 20
+        # FSDP's reduce-scatter: this rank's input, every shard of every unit, each step
+        assert run["stats"]["bytes_by_group"]["intra"] == dense * shards * len(run["losses"])
+
+
+def test_dense_configurations_equal_native_hsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["dense_equals_native_hsdp"]
+        torch.testing.assert_close(run["ef21_identity"], run["native"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(run["mean"], run["native"], rtol=0, atol=1e-6)
+        assert run["stats"]["initialisations"] == 0  # none: plain averaging, no state
+
+
+@pytest.mark.parametrize("gate", ["no_sync", "no_all_reduce"])
+def test_gradient_accumulation_equals_native_hsdp(fsdp_launches, gate):
+    """set_requires_gradient_sync(False) and set_requires_all_reduce(False) on the first of
+    two micro-batches, as native HSDP does them."""
+    for r in fsdp_launches["2x2"]:
+        run = r["accumulation"][gate]
+        torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
+        assert run["steps"] == 4  # one exchange per optimizer step
+
+
+def test_bf16_reduce_dtype_with_float32_state(fsdp_launches):
+    ranks = fsdp_launches["2x2"]
+    for a, b in _replica_pairs("2x2"):
+        assert torch.equal(ranks[a]["bf16_reduce_dtype"]["shards"], ranks[b]["bf16_reduce_dtype"]["shards"])
+    for r in ranks:
+        run = r["bf16_reduce_dtype"]
+        assert run["state_dtypes"] == ["torch.float32"]
+        shard_numel = sum(sig_numel for sig_numel in _unit_numels(r))
+        assert run["stats"]["dense_bytes"] == shard_numel * 2 * len(run["losses"])  # bf16 shards
+        assert sum(run["losses"][-3:]) / 3 < run["losses"][0] - 0.4
+
+
+def _unit_numels(rank_results):
+    return [n for n, _ in rank_results["ef21_compact_top1"]["units"]]
+
+
+def test_bad_inputs_raise_clear_errors(fsdp_launches):
+    errors = fsdp_launches["2x2"][0]["bad_inputs"]
+    assert errors["not_fsdp"].startswith("TypeError") and "fully_shard" in errors["not_fsdp"]
+    assert errors["native_hsdp"].startswith("ValueError") and "2-D mesh" in errors["native_hsdp"]
+    assert errors["shard_group"].startswith("ValueError") and "replicate_group (ranks [0, 1])" in errors["shard_group"]
+    assert errors["not_a_group"].startswith("TypeError") and "got list" in errors["not_a_group"]
+    assert errors["does_not_divide"] == (
+        "ValueError: efcomm.register_fsdp: 1 replicas (replicate_group) x 2 shards (the FSDP mesh) "
+        "must make the world size (4)"
+    )
+    assert errors["twice"].startswith("RuntimeError") and "already has an all-reduce hook" in errors["twice"]
+
+
+def test_resume_at_the_same_size_is_exact(fsdp_launches):
+    for rank, r in enumerate(fsdp_launches["2x2"]):
+        assert torch.equal(r["resume_load"]["shards"], r["resume_save"]["shards"])
+        assert r["resume_load"]["losses"] == r["resume_save"]["losses"]
+        assert r["resume_load"]["source"] == rank
+        assert "efcomm.checkpoint.load" in r["resume_load"]["plain_error"]
+
+
+def test_elastic_resume_over_more_replicas(fsdp_launches):
+    """Saved at 2 replicas x 2 shards, resumed at 4 x 2: rank r reads saved rank r mod 4 (the
+    same shard), the state re-formed alike on every replica, no new dense start."""
+    saved = fsdp_launches["2x2"][0]["resume_save"]["stats"]
+    ranks = fsdp_launches["2x4"]
+    for rank, r in enumerate(ranks):
+        run = r["resume_load"]
+        assert run["replicas"] == 4 and run["source"] == rank % 4
+        assert run["stats"]["initialisations"] == saved["initialisations"]
+        assert run["stats"]["steps"] == saved["steps"]
+        assert all(math.isfinite(x) and x < 4.2 for x in run["losses"])
+    for shard in range(2):
+        for other in range(shard + 2, 8, 2):
+            assert torch.equal(ranks[shard]["resume_load"]["shards"], ranks[other]["resume_load"]["shards"])
+
+
+def test_killed_rank_fails_the_others_quickly(fsdp_launches):
+    ranks = fsdp_launches["2x4"]
+    assert ranks[-1]["killed_rank"] == {"died": True}
+    for r in ranks[:-1]:
+        assert r["killed_rank"]["error"] is not None
+        assert r["killed_rank"]["seconds"] < 10
+
+
+def test_register_fsdp_rejects_a_model_without_fsdp_units():
+    with pytest.raises(TypeError, match="holds no FSDP module"):
+        efcomm.register_fsdp(nn.Linear(4, 4), replicate_group=None)
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        efcomm.register_fsdp("model")
+
+
+def test_register_fsdp_rejects_the_ddp_only_options():
+    with pytest.raises(ValueError, match="hierarchy does not apply"):
+        efcomm.register_fsdp(nn.Linear(4, 4), hierarchy=2)
+    with pytest.raises(ValueError, match="side_stream does not apply"):
+        efcomm.register_fsdp(nn.Linear(4, 4), side_stream=True)
+
+
+def test_plain_dcp_load_of_a_fresh_state_raises_efcomm_error():
+    """A fresh EFState (DDP's too) loaded by a plain dcp.load, as checkpoint managers do for
+    every Stateful: efcomm's error naming efcomm.checkpoint.load, not DCP's missing key.
+    A checkpoint of a state without buckets loads that way."""
+    state = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
+    signature = ("torch.float32", 64, (("w", (64,)),))
+    for _ in range(3):
+        g = torch.randn(64)
+        InProcessTransport().run([bucket_step(state, BucketInput(g, signature, Worker(0, 1), 256, True))])
+    with tempfile.TemporaryDirectory() as path:
+        dcp.save({"efcomm": state}, checkpoint_id=path, no_dist=True)
+        fresh = efcomm.EFState("ef21", efcomm.TopK(0.1), min_compress_numel=16)
+        with pytest.raises(ValueError, match=r"efcomm\.checkpoint\.load"):
+            dcp.load({"efcomm": fresh}, checkpoint_id=path, no_dist=True)
+    with tempfile.TemporaryDirectory() as path:  # saved before its first step: loads either way
+        dcp.save({"efcomm": efcomm.EFState("ef21", efcomm.TopK(0.1))}, checkpoint_id=path, no_dist=True)
+        plain = efcomm.EFState("ef21", efcomm.TopK(0.1))
+        dcp.load({"efcomm": plain}, checkpoint_id=path, no_dist=True)
+        assert plain.buckets == {} and plain.stats.steps == 0
+
+
+@pytest.mark.parametrize(
+    "method, compressor", [("ef21", efcomm.TopK(0.1)), ("none", efcomm.QSGD(levels=7)), ("ef", efcomm.TopK(0.2))]
+)
+def test_scatter_step_runs_the_bucket_step_of_each_row(method, compressor):
+    """The compressed reduce-scatter (efcomm.engine.scatter_step, in one process) gives
+    rank j exactly what the flat bucket step over row j gives, step after step: the same
+    messages, states and outputs, with one all-to-all instead of an all-gather per row."""
+    world, shard = 4, 300
+    scatter = [efcomm.EFState(method, compressor, min_compress_numel=16) for _ in range(world)]
+    flat = [[efcomm.EFState(method, compressor, min_compress_numel=16) for _ in range(world)] for _ in range(world)]
+    signature = ("torch.float32", world * shard, (("w", (world * shard,)),))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        g = [torch.randn(world * shard, generator=gen) for _ in range(world)]
+        outs = InProcessTransport().run(
+            [
+                scatter_step(scatter[r], BucketInput(g[r].clone(), signature, Worker(r, world), 0, True))
+                for r in range(world)
+            ]
+        )
+        for j in range(world):
+            rows = [g[r].view(world, shard)[j].clone() for r in range(world)]
+            sig = row_signature(signature, j, world)
+            expected = InProcessTransport().run(
+                [bucket_step(flat[j][r], BucketInput(rows[r], sig, Worker(r, world), 0, True)) for r in range(world)]
+            )
+            assert torch.equal(outs[j], expected[j]), (step, j)
+    assert scatter[0].stats.initialisations == (1 if method == "ef21" else 0)
+
+
+def test_compressed_reduce_scatter_identity_equals_fsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["compressed_reduce_scatter"]
+        torch.testing.assert_close(run["identity"]["shards"], run["native"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["qsgd", "int8", "ef21"])
+def test_compressed_reduce_scatter_trains_like_fsdp(fsdp_launches, name):
+    """Stateless unbiased quantizers with ``none`` (no state), and EF21 + Top-5% with its
+    state of every row: twice the unit (h_i and h of every row) per rank."""
+    for r in fsdp_launches["2x2"]:
+        run = r["compressed_reduce_scatter"]
+        ours, native = run[name], run["native_losses"]
+        assert abs(sum(ours["losses"][-3:]) / 3 - sum(native[-3:]) / 3) < 0.1
+        assert ours["losses"][-1] < ours["losses"][0] - 0.5
+        unit_numel = sum(numel for numel, _ in ours["units"])  # every row of every unit: the whole model
+        assert ours["state_numel"] == (2 * unit_numel if name == "ef21" else 0)
+        assert ours["stats"]["bytes_sent"] * 3 < ours["stats"]["dense_bytes"]
+
+
+def test_compiled_ddp_with_efcomm_trains_like_compiled_ddp(fsdp_launches):
+    """torch.compile(ddp, backend="aot_eager"): DDP's graph-splitting optimizer calls the
+    efcomm hook eagerly per bucket (plain averaging through the engine's all-gather path,
+    Identity), as it calls DDP's own all-reduce."""
+    for r in fsdp_launches["2x2"]:
+        run = r["compile"]
+        torch.testing.assert_close(run["ddp_efcomm"], run["ddp_allreduce"], rtol=0, atol=1e-6)
+
+
+def test_compiled_fsdp_with_register_fsdp_trains_like_compiled_native_hsdp(fsdp_launches):
+    for r in fsdp_launches["2x2"]:
+        run = r["compile"]
+        torch.testing.assert_close(run["fsdp_efcomm"], run["fsdp_native"], rtol=0, atol=1e-6)
+        assert run["fsdp_efcomm_losses"] == pytest.approx(run["fsdp_native_losses"], abs=1e-5)
+
+
+def test_compiled_python_reducer_mode_is_refused(fsdp_launches):
+    error = fsdp_launches["2x2"][0]["compile"]["python_reducer_error"]
+    assert "python-reducer" in error and "once per parameter" in error
+
+
+def test_hsdp_wire_model_bytes_and_times():
+    """Native HSDP all-reduces each GPU's 1/L shard among N nodes (2 (N-1)/N D/L bytes);
+    efcomm all-gathers the shard's message ((N-1) M(D/L)); both share the reduce-scatter."""
+    from efcomm.wire_model import NVLINK, Topology, hsdp_rows
+
+    d, compute, overhead = 8e9, 0.2, 0.01
+    rows = hsdp_rows(d, lambda fraction: 1e6 * fraction, compute, overhead, topologies=[Topology(8, 8)])
+    hsdp, ours = rows
+    assert hsdp["exchange"] == "hsdp" and ours["exchange"] == "efcomm hsdp"
+    assert hsdp["intra_bytes"] == ours["intra_bytes"] == 7 / 8 * d
+    assert hsdp["inter_bytes"] == pytest.approx(2 * 7 / 8 * d / 8)
+    assert ours["inter_bytes"] == pytest.approx(7 * 1e6 / 8)
+    for name, seconds in hsdp["predicted_s"].items():
+        bandwidth = next(n.bandwidth for n in efcomm.wire_model.NETWORKS if n.name == name)
+        assert seconds == pytest.approx(compute + 7 / 8 * d / NVLINK.bandwidth + hsdp["inter_bytes"] / bandwidth)
+        assert ours["predicted_s"][name] == pytest.approx(
+            compute + overhead + 7 / 8 * d / NVLINK.bandwidth + ours["inter_bytes"] / bandwidth
+        )
+
+
+def test_hsdp_inter_bytes_counts_small_shards_dense():
+    top = efcomm.TopK(**COMPACT_TOP1)
+    assert hsdp_inter_bytes([100], top, torch.float32, 256) == 400  # below min_compress_numel: dense
+    assert hsdp_inter_bytes([5000], top, torch.float32, 256) == top.message_nbytes(5000, torch.float32)
+    assert hsdp_inter_bytes([100, 5000], top, torch.float32, 256) == 400 + top.message_nbytes(5000, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["fp16", "divide_factor"])
+def test_fp16_reduce_dtype_and_divide_factor_equal_native_hsdp(fsdp_launches, case):
+    """fp16: FSDP divides part of the mean after the hook; a divide factor: native HSDP sums
+    over the replicas. Plain averaging through efcomm gives native HSDP's gradient in both."""
+    for r in fsdp_launches["2x2"]:
+        run = r["reduce_scaling"][case]
+        torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
+
+
+def test_nonfinite_step_restarts_every_unit_alike(fsdp_launches):
+    ranks = fsdp_launches["2x2"]
+    for r in ranks:
+        run = r["nonfinite"]
+        assert run["skipped"] == [3] and run["finite"]
+        assert run["stats"]["nonfinite_resets"] == run["units"] == 3
+        assert run["stats"]["initialisations"] == 2 * run["units"]  # the start, and the restart
+    for a, b in _replica_pairs("2x2"):
+        assert torch.equal(ranks[a]["nonfinite"]["shards"], ranks[b]["nonfinite"]["shards"])
+
+
+@requires_cuda
+def test_register_fsdp_on_cuda_matches_cpu():
+    """The hook on CUDA (FSDP's all-reduce stream, NCCL) against the same run on the CPU
+    (gloo), one rank: EF21 + Identity equal to rounding; compact Top-1% trains and sends the
+    wire model's bytes, its state on the device. Not run here: this machine has no GPU."""
+    (r,) = spawn(devices_worker, 1, ("cpu", "cuda"))
+    torch.testing.assert_close(r[("cuda", "identity")]["shards"], r[("cpu", "identity")]["shards"], rtol=0, atol=1e-4)
+    for device in ("cpu", "cuda"):
+        run = r[(device, "top1")]
+        per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+        expected = hsdp_inter_bytes([n for n, _ in run["units"]], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)
+        assert per_step == [expected] * len(per_step)
+        assert run["losses"][-1] < run["losses"][0] - 0.5
+        assert run["state_devices"] == [device]
+
+
+def test_devices_worker_runs_on_the_cpu():
+    """The CUDA test's worker, CPU half only (so that its code runs here too)."""
+    (r,) = spawn(devices_worker, 1, ("cpu",))
+    run = r[("cpu", "top1")]
+    per_step = [b - a for a, b in zip(run["inter_bytes"], run["inter_bytes"][1:])]
+    assert (
+        per_step
+        == [hsdp_inter_bytes([n for n, _ in run["units"]], efcomm.TopK(**COMPACT_TOP1), torch.float32, 256)] * 9
+    )
+    assert run["losses"][-1] < run["losses"][0] - 0.5 and run["state_devices"] == ["cpu"]
+
+
+def test_bench_fsdp_report_and_arguments(tmp_path, capsys):
+    """benchmarks/bench_fsdp.py's report from given timings (a run spawns its own processes:
+    too slow for the suite), and its argument checks."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_fsdp
+
+    args = bench_fsdp.parse_args(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    assert (args.dim, args.blocks, args.steps) == (64, 2, 8)
+    results = [
+        {"exchange": "hsdp", "median_s": 0.1, "min_s": 0.1, "max_s": 0.1, "between_replicas_bytes_per_step": 1e5},
+        {
+            "exchange": "efcomm-hsdp",
+            "median_s": 0.12,
+            "min_s": 0.1,
+            "max_s": 0.2,
+            "between_replicas_bytes_per_step": 1e3,
+        },
+    ]
+    bench_fsdp.report(results, args, 4)
+    text = capsys.readouterr().out
+    assert "8x8" in text and "64x8" in text and "efcomm overhead 20.0 ms" in text
+    assert (tmp_path / "bench_fsdp.json").exists()
+    with pytest.raises(SystemExit):
+        bench_fsdp.parse_args(["--replicas", "1"])
