@@ -43,7 +43,7 @@ from .compressors import Compressor
 from .engine import BucketInput, bucket_step, scatter_step
 from .hook import check_agreement
 from .methods import Worker
-from .state import EFState
+from .state import DEFAULT_METHOD, EFState
 from .transport import DDPTransport
 
 
@@ -208,13 +208,14 @@ def _unit_param_group(module):
 
 def register_fsdp(
     model: nn.Module,
-    method="ef21",
+    method=DEFAULT_METHOD,
     compressor: Optional[Compressor] = None,
     replicate_group: Optional[dist.ProcessGroup] = None,
     **options,
 ) -> EFState:
     """Installs efcomm on every FSDP2 unit of ``model`` (the modules ``fully_shard`` wrapped,
-    the root included) and returns the :class:`EFState` they share.
+    the root included) and returns the :class:`EFState` they share. ``method`` and
+    ``compressor`` default to those of :func:`efcomm.register` (classic EF, compact Top-1%).
 
     ``replicate_group``: the ranks that hold the same shard as this one on the other replicas
     (every unit sharded over one 1-D mesh: the ranks of one node). Each unit's reduce-scatter
