@@ -29,7 +29,10 @@ Runs (``--runs``; each one a fresh DDP model with its own hook, in one process g
                                starting at 10 % of the steps (dense all-reduce before: counted)
     default                    efcomm.register(ddp): what a user gets with no arguments
     METHOD:COMPRESSOR[:RATIO][:FLAG]   as benchmarks/ddp_hooks.py (flag ``compact``: Top-k with
-                               bf16 values and 16-bit offsets)
+                               bf16 values and 16-bit offsets); METHOD[key=value,...] sets the
+                               method's parameters, a suffix @key=int,... EFState options
+                               (``ef:topk:0.01:compact@dense_steps=50``), a prefix sgd/ or
+                               adamw/ the optimizer
 
 Bytes per rank and step: this rank's payload handed to the collectives, over the whole run
 (dense starts and PowerSGD's dense steps included), against the dense all-reduce's (the
@@ -82,11 +85,23 @@ SGD_METHODS = ("ef21-sgdm", "motef")
 # ---- one run on one rank ----------------------------------------------------------------------
 
 
+def state_options(name: str) -> dict:
+    """EFState options after "@" in a run name: ``ef:topk:0.01:compact@dense_steps=50``."""
+    _, at, tail = name.partition("@")
+    if not at:
+        return {}
+    try:
+        return {k: int(v) for k, v in (item.split("=") for item in tail.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"run {name!r}: options after '@' must be key=int") from None
+
+
 def run_spec(name: str) -> HookSpec:
     """The hook of a run name (see the module docstring): an optimizer prefix ("sgd/" or
     "adamw/") is dropped, and method parameters in brackets (``ef21-sgdm[eta=0.05]:topk:0.01``)
     make the method object (numbers, or true/false)."""
     base = name.split("/", 1)[1] if name.startswith(("sgd/", "adamw/")) else name
+    base = base.partition("@")[0]
     if base == "default":
         return HookSpec(name, "efcomm-default", "all_gather")
     method_text, bracket, rest = base.partition("[")
@@ -118,7 +133,7 @@ class Bytes:
     """This rank's payload per step for each kind of hook (what it hands to the collectives):
     registers the hook; calling it after a step gives that step's bytes."""
 
-    def __init__(self, spec: HookSpec, ddp, powersgd_start: int):
+    def __init__(self, spec: HookSpec, ddp, powersgd_start: int, options: dict):
         self.kind = spec.kind
         params = [p for p in ddp.module.parameters() if p.requires_grad]
         self.dense = sum(p.numel() * p.element_size() for p in params)
@@ -134,9 +149,9 @@ class Bytes:
             gloo = dist.get_backend(group) == dist.Backend.GLOO
             ddp.register_comm_hook(self.state, one_bucket_at_a_time if gloo else powerSGD_hook.powerSGD_hook)
         elif spec.kind == "efcomm":
-            self.state = efcomm.register(ddp, spec.method, spec.compressor)
+            self.state = efcomm.register(ddp, spec.method, spec.compressor, **options)
         elif spec.kind == "efcomm-default":
-            self.state = efcomm.register(ddp)
+            self.state = efcomm.register(ddp, **options)
 
     def __call__(self) -> int:
         if self.kind == "allreduce":
@@ -184,7 +199,7 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
         results = []
         for steps, seed, name in schedule(args):
             spec, cfg = run_spec(name), run_config(args, name, steps, seed)
-            install = lambda ddp: Bytes(spec, ddp, powersgd_start=max(2, steps // 10))  # noqa: B023
+            install = lambda ddp: Bytes(spec, ddp, max(2, steps // 10), state_options(name))  # noqa: B023
             run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
             label = spec.label() if spec.kind != "efcomm-default" else default_label()
             results.append(
@@ -314,7 +329,10 @@ def _positive_float(text: str) -> float:
 def _run_name(text: str) -> str:
     try:
         run_spec(text)
-    except argparse.ArgumentTypeError as e:
+        options = state_options(text)
+        if options:
+            efcomm.EFState(**options)
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
         raise argparse.ArgumentTypeError(f"--runs: {e}") from e
     return text
 

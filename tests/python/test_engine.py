@@ -327,3 +327,20 @@ def test_the_default_is_classic_ef_with_compact_top_1_percent_on_every_bucket_dt
     k = math.ceil(0.01 * numel)
     assert stats.bytes_sent == 3 * (4 * 4 + 4 * k)  # per step: 4 chunk counts, then k 2-byte values and offsets
     assert stats.bytes_sent / stats.dense_bytes < (0.0201 if dtype == torch.float32 else 0.0401)
+
+
+def test_dense_steps_all_reduce_first_then_the_method_starts():
+    cluster = Cluster([efcomm.EFState(dense_steps=2) for _ in range(2)])
+    gen = torch.Generator().manual_seed(1)
+    for step in range(4):
+        grads = [torch.randn(4096, generator=gen) for _ in range(2)]
+        mean = (grads[0] + grads[1]) / 2
+        outs = cluster.step_bucket([g.clone() for g in grads])
+        if step < 2:  # DDP's all-reduce: the exact mean, every entry
+            assert torch.allclose(outs[0], mean) and outs[0].count_nonzero() == 4096
+        else:  # EF with Top-1%: at most k entries per rank
+            assert 0 < outs[0].count_nonzero() <= 2 * math.ceil(0.01 * 4096)
+    history = [h["bytes_sent"] for h in cluster.states[0].stats.history]
+    assert history[:2] == [4 * 4096] * 2 and history[2] == history[3] < 4096
+    with pytest.raises(ValueError, match=r"dense_steps \(-1\) must be an int >= 0"):
+        efcomm.EFState(dense_steps=-1)

@@ -133,7 +133,7 @@ class BucketInput:
 
 def bucket_step(state, bucket: BucketInput) -> Step:
     """One step of a bucket on one rank (``state``: this rank's efcomm.state.EFState)."""
-    if not state.compresses(bucket.g.numel(), bucket.g.dtype):
+    if state.stats.steps < state.dense_steps or not state.compresses(bucket.g.numel(), bucket.g.dtype):
         return (yield from _dense_mean(state, bucket))
     method = state.method_impl
     signature = bucket.signature

@@ -60,6 +60,8 @@ class EFState:
         hierarchy: None (one flat exchange over the group), or an
             :class:`efcomm.hierarchy.Hierarchy` (compressed messages between nodes only; see
             efcomm.hierarchy; ``efcomm.register`` builds it from ``hierarchy=L`` or "auto").
+        dense_steps: the first ``dense_steps`` steps (counted in ``stats.steps``) are DDP's
+            plain all-reduce, as PowerSGD's ``start_powerSGD_iter``; the method starts after.
 
     Picklable (the process group and parameter names are dropped: register the unpickled
     state with :func:`efcomm.register` or pass ``param_names`` again), with ``state_dict`` /
@@ -80,6 +82,7 @@ class EFState:
         seed: int = 0,
         hierarchy: Optional[Hierarchy] = None,
         side_stream: bool = False,
+        dense_steps: int = 0,
     ) -> None:
         self.method_impl = make_method(method)
         if self.method_impl.per_worker_iterates:
@@ -103,6 +106,9 @@ class EFState:
         if not isinstance(side_stream, bool):
             raise TypeError(f"efcomm: side_stream ({side_stream!r}) must be a bool")
         self.side_stream = side_stream
+        if not (isinstance(dense_steps, int) and not isinstance(dense_steps, bool) and dense_steps >= 0):
+            raise ValueError(f"efcomm: dense_steps ({dense_steps!r}) must be an int >= 0")
+        self.dense_steps = dense_steps
         self._streams: dict = {}  # device -> the side stream (side_stream=True, CUDA buckets)
         self.method = self.method_impl.name
         self.allow_biased = allow_biased
@@ -130,6 +136,7 @@ class EFState:
             "compressor": repr(self.compressor),
             "allow_biased": self.allow_biased,
             "always_compress": self.always_compress,
+            "dense_steps": self.dense_steps,
             "min_compress_numel": self.min_compress_numel,
             "state_dtype": str(self.state_dtype),
             "seed": self.seed,
