@@ -85,6 +85,15 @@ def test_table_rows_give_the_gap_and_the_compression():
     assert len(table) == 4 and table[3].startswith("| ef21 + TopK(ratio=0.01) | 2.1000 ")
 
 
+def test_cpu_code_paths_are_pinned_unless_the_environment_says_otherwise():
+    environ = {"PATH": "/bin"}
+    demo.pin_cpu_paths(environ)
+    assert environ == {"PATH": "/bin", "MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    environ = {"MKL_CBWR": "AUTO"}
+    demo.pin_cpu_paths(environ)
+    assert environ == {"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 

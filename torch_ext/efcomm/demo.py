@@ -22,8 +22,8 @@ printed first), and on the machine's floating-point rounding. Intel's MKL (torch
 and torch's own CPU kernels pick code paths by instruction set (AVX-512, AVX2, ...), and the
 paths round differently. In the runs measured the dense run did not move, but the compressed
 run did (Top-k's choices amplify the last bits): 0.4948 vs 0.4942 in the EF21 row of the old
-MLP demo on an AVX-512 machine. The worker processes are therefore pinned to the AVX2 paths, unless the
-environment already says otherwise: ``MKL_CBWR=AVX2`` (MKL's conditional numerical
+MLP demo on an AVX-512 machine. The worker processes are therefore pinned to the AVX2 paths,
+unless the environment already says otherwise: ``MKL_CBWR=AVX2`` (MKL's conditional numerical
 reproducibility: the same results on every Intel CPU with AVX2, for a fixed number of threads;
 the workers use one) and ``ATEN_CPU_CAPABILITY=avx2`` (torch's kernels: the same code on every
 machine). On non-Intel CPUs MKL ignores the branch it is given, so their tables may still
@@ -260,6 +260,13 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str
         dist.destroy_process_group()
 
 
+def pin_cpu_paths(environ) -> None:
+    """Sets MKL's and torch's CPU code paths to AVX2 in ``environ`` (for the processes started
+    after it), unless it already names them."""
+    for name, value in PINNED_ENV.items():
+        environ.setdefault(name, value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,7 +290,7 @@ def table_rows(label: str, dense: dict, compressed: dict, steps: int) -> list[tu
     ]
 
 
-def main(argv: Optional[list[str]] = None) -> list[tuple]:
+def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     try:
         corpus = lm.load_corpus(args.corpus)
@@ -298,15 +305,13 @@ def main(argv: Optional[list[str]] = None) -> list[tuple]:
         f"dense all-reduce vs {args.label} ({optimizer})",
         flush=True,
     )
-    for name, value in PINNED_ENV.items():
-        os.environ.setdefault(name, value)  # read by the worker processes' torch (see the docstring)
+    pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
     with tempfile.TemporaryDirectory() as tmp:
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         mp.spawn(worker, args=(args.world_size, init_method, args, corpus, tmp), nprocs=args.world_size, join=True)
         runs = torch.load(Path(tmp) / "runs.pt")
     rows = table_rows(args.label, runs["dense"], runs["compressed"], args.steps)
     print(_table(rows))
-    return rows
 
 
 if __name__ == "__main__":
