@@ -297,12 +297,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     except ValueError as e:
         raise SystemExit(f"efcomm.demo: {e}") from None
     print(f"corpus: {lm.describe(corpus)}", flush=True)
-    optimizer = (
-        f"SGD lr {args.sgd_lr:g} ({args.method} keeps its own momentum)" if args.sgd else f"AdamW lr {args.lr:g}"
-    )
+    adamw = f"AdamW lr {args.lr:g}"
+    optimizer = f"plain SGD lr {args.sgd_lr:g}: {args.method} keeps its own momentum" if args.sgd else adamw
     print(
         f"efcomm demo: {args.world_size} ranks over {args.backend}, {args.steps} steps, "
-        f"dense all-reduce vs {args.label} ({optimizer})",
+        f"dense all-reduce ({adamw}) vs {args.label} ({optimizer})",
         flush=True,
     )
     pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
