@@ -21,8 +21,9 @@ The table depends on the corpus, which differs between Python versions (its size
 printed first), and on the machine's floating-point rounding. Intel's MKL (torch's BLAS on x86)
 and torch's own CPU kernels pick code paths by instruction set (AVX-512, AVX2, ...), and the
 paths round differently. In the runs measured the dense run did not move, but the compressed
-run did (Top-k's choices amplify the last bits): 0.4948 vs 0.4942 in the EF21 row of the old
-MLP demo on an AVX-512 machine. The worker processes are therefore pinned to the AVX2 paths,
+run did (Top-k's choices amplify the last bits): on an AVX-512 machine, this demo's default
+run ended at 3.0478 on the AVX-512 paths and 3.0446 on the AVX2 ones (the old MLP demo's EF21
+row: 0.4948 and 0.4942). The worker processes are therefore pinned to the AVX2 paths,
 unless the environment already says otherwise: ``MKL_CBWR=AVX2`` (MKL's conditional numerical
 reproducibility: the same results on every Intel CPU with AVX2, for a fixed number of threads;
 the workers use one) and ``ATEN_CPU_CAPABILITY=avx2`` (torch's kernels: the same code on every
