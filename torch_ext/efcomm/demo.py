@@ -28,7 +28,7 @@ unless the environment already says otherwise: ``MKL_CBWR=AVX2`` (MKL's conditio
 reproducibility: the same results on every Intel CPU with AVX2, for a fixed number of threads;
 the workers use one) and ``ATEN_CPU_CAPABILITY=avx2`` (torch's kernels: the same code on every
 machine). On non-Intel CPUs MKL ignores the branch it is given, so their tables may still
-differ in the last digits.
+differ (by as much as those two runs).
 """
 
 import argparse
