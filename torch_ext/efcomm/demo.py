@@ -1,32 +1,71 @@
-"""The main job: a small data-parallel training run twice, dense all-reduce vs EF21 + Top-k.
+"""The main job: a small language model trained on real text twice, with DDP's dense
+all-reduce and with efcomm, and what each run sent.
 
     python -m efcomm.demo                 # or: efcomm-demo
-    python -m efcomm.demo --world-size 4 --steps 400 --ratio 0.01
+    python -m efcomm.demo --method ef --compressor topk --ratio 0.01
+    python -m efcomm.demo --corpus /usr/share/perl5 --steps 1000
 
-Without a GPU it runs over gloo on the CPU; with GPUs it uses NCCL, one rank per GPU.
-The data is generated (a random teacher network labels Gaussian inputs): nothing is
-downloaded. The training itself is efcomm.harness, which the multi-process tests drive too.
+Without a GPU it runs over gloo on the CPU; with GPUs it uses NCCL, one rank per GPU. The
+model is efcomm.lm's byte-level causal transformer, trained with AdamW (warm-up and cosine
+decay) on a corpus that every machine has: the Python standard library's own top-level source
+files (``*.py`` directly in ``sysconfig``'s stdlib path), or every text file under
+``--corpus DIR``; split into training and validation by file, tokenised as bytes. Nothing is
+downloaded. Both runs start from the same model and see the same batches in the same order.
+
+The compressed run is what ``efcomm.register(ddp)`` gives with no arguments (efcomm's default
+method and compressor), unless --method, --compressor or --ratio say otherwise (what they leave
+out is efcomm's default too). Methods that keep a momentum of their own (ef21-sgdm, motef)
+train with plain SGD (--sgd-lr), as benchmarks/convergence.py does.
+
+The table depends on the corpus, which differs between Python versions (its size and hash are
+printed first), and on the machine's floating-point rounding. Intel's MKL (torch's BLAS on x86)
+and torch's own CPU kernels pick code paths by instruction set (AVX-512, AVX2, ...), and the
+paths round differently. In the runs measured the dense run did not move, but the compressed
+run did (Top-k's choices amplify the last bits): on an AVX-512 machine, this demo's default
+run ended at 3.0478 on the AVX-512 paths and 3.0446 on the AVX2 ones (the old MLP demo's EF21
+row: 0.4948 and 0.4942). The worker processes are therefore pinned to the AVX2 paths,
+unless the environment already says otherwise: ``MKL_CBWR=AVX2`` (MKL's conditional numerical
+reproducibility: the same results on every Intel CPU with AVX2, for a fixed number of threads;
+the workers use one) and ``ATEN_CPU_CAPABILITY=avx2`` (torch's kernels: the same code on every
+machine). On non-Intel CPUs MKL ignores the branch it is given, so their tables may still
+differ (by as much as those two runs).
 """
 
 import argparse
-from dataclasses import replace
+import dataclasses
+import os
+import socket
+import tempfile
+from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from . import lm
 from .compressors import FP8, QSGD, Int8, Natural, RandK, ScaledSign, TopK
-from .harness import TrainConfig, run
+from .hook import register
 from .methods import METHODS
 from .state import EFState
 
+# The code paths the worker processes use on the CPU (see the module docstring).
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+# Methods that keep their own momentum: plain SGD, as benchmarks/convergence.py runs them.
+SGD_METHODS = ("ef21-sgdm", "motef")
+SGD_LR = 0.5
+# About 2 minutes for the two runs on 2 idle CPU cores (4 ranks over gloo).
+STEPS = 800
+
+HEADER = ("run", "final validation loss", "gap to dense", "bytes sent / rank", "compression")
+
 
 def _table(rows: list[tuple]) -> str:
-    header = ("run", "final train loss", "test accuracy", "bytes sent / rank", "compression")
-    lines = [header] + rows
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    lines = [HEADER] + rows
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(HEADER))]
     fmt = lambda line: "| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(header), sep] + [fmt(line) for line in rows])
+    return "\n".join([fmt(HEADER), sep] + [fmt(line) for line in rows])
 
 
 DEMO_COMPRESSORS = {
@@ -40,15 +79,19 @@ DEMO_COMPRESSORS = {
 }
 
 
+def _for_method(compressor, method: str):
+    """Unbiased compressors scaled for the error-feedback methods that need a contractive one."""
+    if method != "none" and compressor.unbiased and not compressor.contractive:
+        return compressor.scaled()
+    return compressor
+
+
 def demo_compressor(name: str, ratio: float, method: str):
     """The --compressor choice: unbiased ones scaled for the error-feedback methods that need
     a contractive compressor, Rand-k made unbiased for ``none``."""
     if name == "randk" and method == "none":
         return RandK(ratio, unbiased=True)
-    compressor = DEMO_COMPRESSORS[name](ratio)
-    if method != "none" and compressor.unbiased and not compressor.contractive:
-        return compressor.scaled()
-    return compressor
+    return _for_method(DEMO_COMPRESSORS[name](ratio), method)
 
 
 def _ratio(text: str) -> float:
@@ -83,6 +126,25 @@ def run_label(method: str, compressor: str, ratio: float) -> str:
     return f"{method} + {compressor}" + (f" {ratio:g}" if compressor in ("topk", "randk") else "")
 
 
+def short_repr(compressor) -> str:
+    """A compressor's repr with only its ratio and the fields that differ from the class's
+    defaults: ``TopK(ratio=0.01)``, ``TopK(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)``."""
+    if not dataclasses.is_dataclass(compressor):
+        return repr(compressor)
+    shown = []
+    for f in dataclasses.fields(compressor):
+        value = getattr(compressor, f.name)
+        if f.repr and (f.name == "ratio" or f.default is dataclasses.MISSING or value != f.default):
+            shown.append(f"{f.name}={value!r}")
+    return f"{type(compressor).__name__}({', '.join(shown)})"
+
+
+def default_label() -> str:
+    """The table's name of the run with efcomm's defaults, read from efcomm itself."""
+    state = EFState()
+    return f"efcomm default: {state.method} + {short_repr(state.compressor)}"
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The command line, checked before any process starts (usage errors exit with status 2)."""
     parser = argparse.ArgumentParser(
@@ -91,24 +153,41 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--world-size", type=_positive(int), default=4, help="number of ranks (capped at the GPU count with NCCL)"
     )
-    parser.add_argument("--steps", type=_positive(int), default=500)
-    parser.add_argument("--ratio", type=_ratio, default=0.1, help="k/d per bucket for topk and randk, in (0, 1]")
+    parser.add_argument("--steps", type=_positive(int), default=None, help=f"training steps per run (default: {STEPS})")
+    parser.add_argument(
+        "--ratio", type=_ratio, default=None, help="k/d per bucket for topk and randk, in (0, 1] (default: efcomm's)"
+    )
     parser.add_argument(
         "--method",
-        default="ef21",
+        default=None,
         choices=sorted(m for m in METHODS if m != "ef21-w"),
-        help="the error-feedback method of the compressed run",
+        help="the error-feedback method of the compressed run (default: efcomm's)",
     )
     parser.add_argument(
         "--compressor",
-        default="topk",
+        default=None,
         choices=sorted(DEMO_COMPRESSORS),
-        help="the compressor of the compressed run (unbiased ones are scaled for the EF methods; "
-        "lag, clip21 and adacgd take none)",
+        help="the compressor of the compressed run (default: efcomm's; unbiased ones are scaled for the "
+        "EF methods; lag, clip21 and adacgd take none)",
     )
-    parser.add_argument("--lr", type=_positive(float), default=TrainConfig.lr)
+    parser.add_argument("--lr", type=_positive(float), default=lm.LMConfig.lr, help="AdamW's peak learning rate")
+    parser.add_argument(
+        "--sgd-lr",
+        type=_positive(float),
+        default=SGD_LR,
+        help=f"the peak learning rate of plain SGD, for {' and '.join(SGD_METHODS)}",
+    )
+    parser.add_argument("--corpus", default=None, help="a folder of text files (default: the stdlib's *.py)")
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny model (efcomm.lm.TINY), 2 ranks, 8 steps: a functional check"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = 8 if args.tiny else STEPS
+    if args.tiny:
+        args.world_size = min(args.world_size, 2)
     if args.backend == "auto":
         args.backend = "nccl" if torch.cuda.is_available() else "gloo"
     if args.backend == "nccl":
@@ -118,35 +197,120 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         if args.world_size > devices:
             print(f"--world-size {args.world_size} capped at the {devices} GPU(s) of this machine (one rank per GPU)")
             args.world_size = devices
-    args.compressor_obj = demo_compressor(args.compressor, args.ratio, args.method)
-    EFState(args.method, args.compressor_obj, allow_biased=args.method == "none")  # any other bad combination
+    args.default_run = args.method is None and args.compressor is None and args.ratio is None
+    default = EFState()  # efcomm's defaults, as register(ddp) would make them
+    if args.default_run:
+        args.method, args.compressor_obj, args.label = default.method, default.compressor, default_label()
+    else:
+        args.method = args.method or default.method
+        if args.compressor is None:
+            # efcomm's default compressor, with the user's ratio when it has one.
+            compressor = default.compressor
+            if args.ratio is not None:
+                if "ratio" not in {f.name for f in dataclasses.fields(compressor)}:
+                    parser.error(f"--ratio {args.ratio:g}: efcomm's default compressor {compressor!r} has no ratio")
+                compressor = dataclasses.replace(compressor, ratio=args.ratio)
+            args.compressor_obj = _for_method(compressor, args.method)
+            args.label = f"{args.method} + {short_repr(compressor)}"
+            if args.method in NO_COMPRESSOR:
+                args.label = run_label(args.method, "", 0.0)
+        else:
+            ratio = args.ratio if args.ratio is not None else getattr(default.compressor, "ratio", TopK().ratio)
+            args.compressor_obj = demo_compressor(args.compressor, ratio, args.method)
+            args.label = run_label(args.method, args.compressor, ratio)
+        EFState(args.method, args.compressor_obj, allow_biased=args.method == "none")  # any other bad combination
+    args.sgd = args.method in SGD_METHODS
     return args
+
+
+def _config(args, sgd: bool) -> lm.LMConfig:
+    model = lm.TINY if args.tiny else {}
+    return lm.LMConfig(
+        **model, steps=args.steps, optimizer="sgd" if sgd else "adamw", lr=args.sgd_lr if sgd else args.lr
+    )
+
+
+def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str) -> None:
+    torch.set_num_threads(1)
+    device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(args.backend, init_method=init_method, rank=rank, world_size=world)
+    try:
+
+        def dense(ddp):
+            nbytes = sum(p.numel() * p.element_size() for p in ddp.module.parameters() if p.requires_grad)
+            return lambda: nbytes
+
+        def compressed(ddp):
+            if args.default_run:
+                state = register(ddp)  # exactly what a user gets with no arguments
+            else:
+                state = register(ddp, args.method, args.compressor_obj, allow_biased=args.method == "none")
+            return lambda: state.stats.history[-1]["bytes_sent"]
+
+        progress = not args.no_progress
+        runs = {
+            "dense": lm.train(_config(args, False), corpus, dense, device, "dense all-reduce", progress),
+            "compressed": lm.train(_config(args, args.sgd), corpus, compressed, device, args.label, progress),
+        }
+        if rank == 0:
+            torch.save(runs, Path(out) / "runs.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def pin_cpu_paths(environ) -> None:
+    """Sets MKL's and torch's CPU code paths to AVX2 in ``environ`` (for the processes started
+    after it), unless it already names them."""
+    for name, value in PINNED_ENV.items():
+        environ.setdefault(name, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def table_rows(label: str, dense: dict, compressed: dict, steps: int) -> list[tuple]:
+    """The table's two rows from the two runs (lm.train's records of rank 0)."""
+    dense_loss, loss = dense["final_val_loss"], compressed["final_val_loss"]
+    dense_sent = round(dense["bytes_per_rank_per_step"] * steps)
+    sent = round(compressed["bytes_per_rank_per_step"] * steps)
+    return [
+        ("dense all-reduce", f"{dense_loss:.4f}", "-", f"{dense_sent:,}", "1.0x"),
+        (
+            label,
+            f"{loss:.4f}",
+            f"{loss / dense_loss - 1.0:+.2%}",
+            f"{sent:,}",
+            f"{dense_sent / sent:.1f}x" if sent else "inf",
+        ),
+    ]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    world_size, compressor = args.world_size, args.compressor_obj
-    base = TrainConfig(steps=args.steps, ratio=args.ratio, lr=args.lr, backend=args.backend, progress=True)
-    label = run_label(args.method, args.compressor, args.ratio)
-    print(f"efcomm demo: {world_size} ranks over {args.backend}, {args.steps} steps, {label}")
-    dense = run(replace(base, method="dense"), world_size)[0]
-    compressed = replace(base, method=args.method, compressor=compressor)
-    if args.method in ("ef21-sgdm", "motef"):
-        # The method keeps its own momentum: plain SGD with the same effective step.
-        compressed = replace(compressed, momentum=0.0, lr=base.lr / (1.0 - base.momentum))
-        print(f"{args.method} keeps its own momentum: its run uses SGD without momentum, lr {compressed.lr:g}")
-    result = run(compressed, world_size)[0]
-    dense_bytes, sent = result["dense_bytes"], result["bytes_sent"]
-    rows = [
-        ("dense all-reduce", f"{dense['train_loss']:.4f}", f"{dense['test_accuracy']:.2%}", f"{dense_bytes:,}", "1.0x"),
-        (
-            label,
-            f"{result['train_loss']:.4f}",
-            f"{result['test_accuracy']:.2%}",
-            f"{sent:,}",
-            f"{dense_bytes / sent:.1f}x",
-        ),
-    ]
+    try:
+        corpus = lm.load_corpus(args.corpus)
+    except ValueError as e:
+        raise SystemExit(f"efcomm.demo: {e}") from None
+    print(f"corpus: {lm.describe(corpus)}", flush=True)
+    adamw = f"AdamW lr {args.lr:g}"
+    optimizer = f"plain SGD lr {args.sgd_lr:g}: {args.method} keeps its own momentum" if args.sgd else adamw
+    print(
+        f"efcomm demo: {args.world_size} ranks over {args.backend}, {args.steps} steps, "
+        f"dense all-reduce ({adamw}) vs {args.label} ({optimizer})",
+        flush=True,
+    )
+    pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
+    with tempfile.TemporaryDirectory() as tmp:
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        mp.spawn(worker, args=(args.world_size, init_method, args, corpus, tmp), nprocs=args.world_size, join=True)
+        runs = torch.load(Path(tmp) / "runs.pt")
+    rows = table_rows(args.label, runs["dense"], runs["compressed"], args.steps)
     print(_table(rows))
 
 
