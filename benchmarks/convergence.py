@@ -353,6 +353,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-corpus-bytes", type=_positive_int, default=64 * 2**20)
     parser.add_argument("--lr", type=_positive_float, default=3e-3, help="AdamW's peak learning rate")
     parser.add_argument("--sgd-lr", type=_positive_float, default=0.5, help="SGD's peak learning rate")
+    parser.add_argument(
+        "--bucket-cap-mb",
+        type=_positive_float,
+        default=None,
+        help="DDP's bucket size (default: DDP's; a tiny one gives each parameter its own bucket)",
+    )
     parser.add_argument("--val-every", type=_positive_int, default=50)
     parser.add_argument("--val-windows", type=_positive_int, default=256)
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
@@ -364,6 +370,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model = {k: getattr(lm.LMConfig, k) for k in fields} | {
         "val_every": args.val_every,
         "val_windows": args.val_windows,
+        "bucket_cap_mb": args.bucket_cap_mb,
     }
     if args.tiny:
         args.model |= lm.TINY

@@ -42,6 +42,7 @@ class LMConfig:
     lr: float = 3e-3  # the peak learning rate
     val_every: int = 50
     val_windows: int = 256
+    bucket_cap_mb: Optional[float] = None  # DDP's (None: its default, one bucket for this model)
 
 
 TINY = dict(d_model=16, layers=1, heads=2, context=16, batch=2, val_windows=8, val_every=4)
@@ -172,7 +173,8 @@ def train(
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
     model = ByteGPT(cfg).to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    buckets = {} if cfg.bucket_cap_mb is None else {"bucket_cap_mb": cfg.bucket_cap_mb}
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **buckets)
     step_bytes = install(ddp)
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(ddp.parameters(), lr=cfg.lr)
