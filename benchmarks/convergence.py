@@ -225,23 +225,24 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
 
 def summarise(results: list[dict]) -> list[dict]:
     """One row per (length, run): the mean over seeds, the seed spread, and the gap to the dense
-    run's mean at the same length."""
+    run's mean over the same seeds at the same length (a run of seed 0 against dense seed 0)."""
     rows = []
     for steps in sorted({r["steps"] for r in results}):
         at = [r for r in results if r["steps"] == steps]
-        dense = [r["final_val_loss"] for r in at if r["name"] == "allreduce"]
-        dense_mean = statistics.fmean(dense) if dense else None
+        dense = {r["seed"]: r["final_val_loss"] for r in at if r["name"] == "allreduce"}
         for name in dict.fromkeys(r["name"] for r in at):
             runs = [r for r in at if r["name"] == name]
             losses = [r["final_val_loss"] for r in runs]
             mean = statistics.fmean(losses)
+            seeds = [r["seed"] for r in runs]
+            dense_mean = statistics.fmean(dense[s] for s in seeds) if all(s in dense for s in seeds) else None
             sent = statistics.fmean(r["bytes_per_rank_per_step"] for r in runs)
             rows.append(
                 {
                     "steps": steps,
                     "name": name,
                     "label": runs[0]["label"],
-                    "seeds": [r["seed"] for r in runs],
+                    "seeds": seeds,
                     "final_val_loss": mean,
                     "spread": (max(losses) - min(losses)) if len(losses) > 1 else 0.0,
                     "gap_to_dense": (mean / dense_mean - 1.0) if dense_mean else None,
@@ -276,6 +277,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(x) for x in lines[1:]])
 
 
+def bytes_curve(run: dict) -> list:
+    """[step, cumulative bytes sent by this rank] at each validation step of a run."""
+    cumulative, total = [0], 0
+    for sent in run["bytes_per_step"]:
+        total += sent
+        cumulative.append(total)
+    return [[step, cumulative[step]] for step, _ in run["val_curve"]]
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -284,24 +294,25 @@ def plot(results: list[dict], path: Path) -> None:
 
     steps = max(r["steps"] for r in results)
     seed = min(r["seed"] for r in results)
-    fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(13, 5))
-    for r in (r for r in results if r["steps"] == steps and r["seed"] == seed):
+    shown = [r for r in results if r["steps"] == steps and r["seed"] == seed]
+    fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(14, 5.5))
+    colors = plt.get_cmap("tab10").colors
+    for i, r in enumerate(shown):
+        style = {"color": colors[i % len(colors)], "linestyle": ("-", "--", ":")[i // len(colors) % 3]}
         xs, ys = zip(*r["val_curve"])
-        by_step.plot(xs, ys, label=r["name"])
-        cumulative = [0.0]
-        for sent in r["bytes_per_step"]:
-            cumulative.append(cumulative[-1] + sent)
-        by_bytes.plot([max(cumulative[s], 1.0) for s in xs], ys, label=r["name"])
-    finite = [y for r in results if r["steps"] == steps for _, y in r["val_curve"] if math.isfinite(y)]
+        by_step.plot(xs, ys, label=r["name"], **style)
+        sent = [b for _, b in r["bytes_curve"]]
+        by_bytes.plot(sent[1:], ys[1:], label=r["name"], **style)
+    finite = [y for r in shown for _, y in r["val_curve"][1:] if math.isfinite(y)]
     for ax in (by_step, by_bytes):
         ax.set_ylabel("validation loss (nats per byte)")
         ax.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 2.0) + 0.05)
         ax.grid(alpha=0.3)
     by_step.set_xlabel("step")
-    by_bytes.set_xlabel("cumulative bytes sent per rank")
+    by_bytes.set_xlabel("cumulative bytes sent per rank (log)")
     by_bytes.set_xscale("log")
-    by_step.legend(fontsize=7)
-    fig.suptitle(f"byte-level LM, {steps} steps, seed {seed}: validation loss against steps and bytes")
+    by_step.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"byte-level LM, {steps} steps, seed {seed}: validation loss against steps and against bytes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -413,6 +424,8 @@ def main(argv=None) -> list[dict]:
             join=True,
         )
         results = torch.load(Path(tmp) / "results.pt")
+    for r in results:
+        r["bytes_curve"] = bytes_curve(r)
     rows = summarise(results)
     print(table(rows))
     record = {

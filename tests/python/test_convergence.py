@@ -58,6 +58,8 @@ def test_every_run_has_its_record_and_the_table_and_figure_are_written(tiny):
         steps = [s for s, _ in r["val_curve"]]
         assert steps == [0, 4, 8, 10] and all(math.isfinite(v) for _, v in r["val_curve"])
         assert r["final_val_loss"] == r["val_curve"][-1][1]
+        assert [s for s, _ in r["bytes_curve"]] == steps and r["bytes_curve"][0][1] == 0
+        assert r["bytes_curve"][-1][1] == pytest.approx(r["bytes_per_rank_per_step"] * 10)
         assert f"| 10    | {r['name']}" in stdout
     # Every run of a seed starts from the same model and sees the same batches.
     assert len({r["val_curve"][0][1] for r in record["runs"] if r["seed"] == 0}) == 1
