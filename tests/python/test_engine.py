@@ -344,3 +344,21 @@ def test_dense_steps_all_reduce_first_then_the_method_starts():
     assert history[:2] == [4 * 4096] * 2 and history[2] == history[3] < 4096
     with pytest.raises(ValueError, match=r"dense_steps \(-1\) must be an int >= 0"):
         efcomm.EFState(dense_steps=-1)
+
+
+def test_ef21_without_its_dense_start_begins_at_zero_and_compresses_from_the_first_step():
+    from efcomm.methods import EF21, EF21SGDM
+
+    for method in (EF21(dense_start=False), EF21SGDM(eta=0.5, dense_start=False)):
+        cluster = Cluster([efcomm.EFState(method, efcomm.TopK(k=2), min_compress_numel=1) for _ in range(2)])
+        grads = [torch.tensor([4.0, -1.0, 0.5, 3.0, 0.0]), torch.tensor([-2.0, 1.0, 5.0, 0.25, 0.0])]
+        outs = cluster.step_bucket([g.clone() for g in grads], flat_signature(5, torch.float32))
+        state = cluster.states[0]
+        assert state.stats.initialisations == 0 and state.stats.bytes_sent < 5 * 4
+        # h_i = C(g_i - 0) (EF21-SGDM: v_i starts at g_i): each rank's two largest entries; h = their mean
+        local = [torch.where(g.abs() >= g.abs().topk(2).values[-1], g, torch.zeros_like(g)) for g in grads]
+        assert torch.equal(state.buckets[next(iter(state.buckets))].tensors["h_local"], local[0])
+        assert torch.equal(outs[0], (local[0] + local[1]) / 2) and torch.equal(outs[0], outs[1])
+    assert repr(EF21(dense_start=False)) == "EF21(dense_start=False)" and repr(EF21()) == "EF21()"
+    with pytest.raises(ValueError, match=r"dense_start \(1\) must be a bool"):
+        EF21(dense_start=1)
