@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ddp_hooks import DEFAULT_HOOKS, ByteMeter, parse_hook
+from ddp_hooks import DEFAULT_HOOKS, ByteMeter, parse_hook, positive_float, positive_int
 from ddp_models import MODELS, make_workload
 from efcomm import wire_model
 
@@ -57,22 +57,6 @@ LEGEND = (
     "DDP's all-reduce median (the baseline);\nMB/step: this rank's payload per step (of dense: its fraction "
     "of the gradient's bytes); syncs/step: set_sync_debug_mode warnings per measured step (CUDA)"
 )
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
-    return int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,28 +75,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--warmup",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"untimed steps per hook, at least 2 (default {FULL['warmup']}; --tiny {TINY['warmup']})",
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"measured steps per hook (default {FULL['steps']}; --tiny {TINY['steps']})",
     )
-    parser.add_argument("--world-size", type=_positive_int, default=1, help="ranks to spawn (default 1: one process)")
+    parser.add_argument("--world-size", type=positive_int, default=1, help="ranks to spawn (default 1: one process)")
     parser.add_argument("--backend", choices=["nccl", "gloo"], default=None, help="default: nccl on cuda, gloo on cpu")
     parser.add_argument(
         "--bucket-cap-mb",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help=f"DDP's bucket_cap_mb (default {FULL['bucket_cap_mb']:g}; --tiny {TINY['bucket_cap_mb']:g})",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="sequences or images per rank (default: the model's)"
+        "--batch-size", type=positive_int, default=None, help="sequences or images per rank (default: the model's)"
     )
-    parser.add_argument("--lr", type=_positive_float, default=1e-4, help="SGD learning rate (momentum 0.9)")
+    parser.add_argument("--lr", type=positive_float, default=1e-4, help="SGD learning rate (momentum 0.9)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for bench_ddp.json and bench_ddp.png")
     args = parser.parse_args(argv)
 

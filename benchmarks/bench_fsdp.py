@@ -42,8 +42,11 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-import efcomm
-from efcomm import wire_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ddp_hooks import positive_int  # noqa: E402
+
+import efcomm  # noqa: E402
+from efcomm import wire_model  # noqa: E402
 
 EXCHANGES = ("fsdp", "hsdp", "efcomm-hsdp", "efcomm-rs")
 TOP1 = dict(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)
@@ -81,26 +84,19 @@ class Transformer(nn.Module):
         return self.head(self.norm(x))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="a small model and few steps (CPU, CI)")
-    parser.add_argument("--replicas", type=_positive_int, default=2)
-    parser.add_argument("--shards", type=_positive_int, default=2)
+    parser.add_argument("--replicas", type=positive_int, default=2)
+    parser.add_argument("--shards", type=positive_int, default=2)
     parser.add_argument("--exchanges", nargs="+", choices=EXCHANGES, default=list(EXCHANGES))
-    parser.add_argument("--dim", type=_positive_int, default=None, help="model width (default 64 tiny, 1024)")
-    parser.add_argument("--blocks", type=_positive_int, default=None, help="blocks (default 2 tiny, 8)")
-    parser.add_argument("--seq", type=_positive_int, default=None, help="tokens per sample (default 16 tiny, 1024)")
-    parser.add_argument("--batch", type=_positive_int, default=4)
-    parser.add_argument("--warmup", type=_positive_int, default=None, help="default 3 tiny, 5")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="default 8 tiny, 30")
+    parser.add_argument("--dim", type=positive_int, default=None, help="model width (default 64 tiny, 1024)")
+    parser.add_argument("--blocks", type=positive_int, default=None, help="blocks (default 2 tiny, 8)")
+    parser.add_argument("--seq", type=positive_int, default=None, help="tokens per sample (default 16 tiny, 1024)")
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--warmup", type=positive_int, default=None, help="default 3 tiny, 5")
+    parser.add_argument("--steps", type=positive_int, default=None, help="default 8 tiny, 30")
     parser.add_argument("--out", default="benchmarks/results", help="folder for bench_fsdp.json")
     args = parser.parse_args(argv)
     tiny = {"dim": 64, "blocks": 2, "seq": 16, "warmup": 3, "steps": 8}

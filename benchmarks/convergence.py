@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -58,7 +57,7 @@ import torch.multiprocessing as mp
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddp_hooks import HookSpec, one_bucket_at_a_time, parse_hook  # noqa: E402
+from ddp_hooks import HookSpec, one_bucket_at_a_time, parse_hook, positive_float, positive_int  # noqa: E402
 
 import efcomm  # noqa: E402
 from efcomm import lm  # noqa: E402
@@ -190,11 +189,7 @@ def schedule(args) -> list[tuple[int, int, str]]:
 
 
 def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(args.backend, init_method=init_method, rank=rank, world_size=world)
+    device = lm.init_rank(rank, world, args.backend, init_method)
     try:
         results = []
         for steps, seed, name in schedule(args):
@@ -321,22 +316,6 @@ def plot(results: list[dict], path: Path) -> None:
 # ---- the command line -------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
-    return int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
-
-
 def _run_name(text: str) -> str:
     try:
         run_spec(text)
@@ -351,7 +330,7 @@ def _run_name(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", type=_run_name, default=list(DEFAULT_RUNS))
-    parser.add_argument("--steps", nargs="+", type=_positive_int, default=[300, 1000], help="run lengths")
+    parser.add_argument("--steps", nargs="+", type=positive_int, default=[300, 1000], help="run lengths")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--seed-runs",
@@ -359,19 +338,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=["allreduce", "default"],
         help="the runs repeated with every seed at the longest length (the others: the first seed)",
     )
-    parser.add_argument("--world-size", type=_positive_int, default=4)
+    parser.add_argument("--world-size", type=positive_int, default=4)
     parser.add_argument("--corpus", default=None, help="a folder of text files (default: the stdlib's *.py)")
-    parser.add_argument("--max-corpus-bytes", type=_positive_int, default=64 * 2**20)
-    parser.add_argument("--lr", type=_positive_float, default=3e-3, help="AdamW's peak learning rate")
-    parser.add_argument("--sgd-lr", type=_positive_float, default=0.5, help="SGD's peak learning rate")
+    parser.add_argument("--max-corpus-bytes", type=positive_int, default=64 * 2**20)
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="AdamW's peak learning rate")
+    parser.add_argument("--sgd-lr", type=positive_float, default=0.5, help="SGD's peak learning rate")
     parser.add_argument(
         "--bucket-cap-mb",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="DDP's bucket size (default: DDP's; a tiny one gives each parameter its own bucket)",
     )
-    parser.add_argument("--val-every", type=_positive_int, default=50)
-    parser.add_argument("--val-windows", type=_positive_int, default=256)
+    parser.add_argument("--val-every", type=positive_int, default=50)
+    parser.add_argument("--val-windows", type=positive_int, default=256)
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     parser.add_argument("--out", default="runs/convergence")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, 2 ranks, 8 steps: a functional run")
@@ -395,12 +374,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     try:
@@ -419,7 +392,7 @@ def main(argv=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(
             worker,
-            args=(args.world_size, f"tcp://127.0.0.1:{_free_port()}", args, corpus, tmp),
+            args=(args.world_size, lm.free_init_method(), args, corpus, tmp),
             nprocs=args.world_size,
             join=True,
         )

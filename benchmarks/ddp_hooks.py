@@ -87,6 +87,24 @@ class HookSpec:
         }.get(self.kind, f"torch PowerSGD rank {self.powersgd_rank}")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive int."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def _ratio(text: str, spec: str) -> float:
     try:
         ratio = float(text)

@@ -34,7 +34,6 @@ differ (by as much as those two runs).
 import argparse
 import dataclasses
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -231,11 +230,7 @@ def _config(args, sgd: bool) -> lm.LMConfig:
 
 
 def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str) -> None:
-    torch.set_num_threads(1)
-    device = torch.device("cuda", rank) if args.backend == "nccl" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(args.backend, init_method=init_method, rank=rank, world_size=world)
+    device = lm.init_rank(rank, world, args.backend, init_method)
     try:
 
         def dense(ddp):
@@ -266,12 +261,6 @@ def pin_cpu_paths(environ) -> None:
     after it), unless it already names them."""
     for name, value in PINNED_ENV.items():
         environ.setdefault(name, value)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def table_rows(label: str, dense: dict, compressed: dict, steps: int) -> list[tuple]:
@@ -307,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
     with tempfile.TemporaryDirectory() as tmp:
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        init_method = lm.free_init_method()
         mp.spawn(worker, args=(args.world_size, init_method, args, corpus, tmp), nprocs=args.world_size, join=True)
         runs = torch.load(Path(tmp) / "runs.pt")
     rows = table_rows(args.label, runs["dense"], runs["compressed"], args.steps)

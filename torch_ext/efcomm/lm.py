@@ -16,6 +16,7 @@ decay to 10 % of the peak learning rate.
 
 import hashlib
 import math
+import socket
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -156,6 +157,24 @@ def lr_factor(step: int, steps: int) -> float:
 
 
 # ---- one run on one rank ----------------------------------------------------------------------
+
+
+def free_init_method() -> str:
+    """A TCP rendezvous on a free local port, for ranks spawned on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def init_rank(rank: int, world: int, backend: str, init_method: str) -> torch.device:
+    """Joins the process group as ``rank`` (one CPU thread; NCCL: one GPU per rank) and returns
+    the rank's device."""
+    torch.set_num_threads(1)
+    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    return device
 
 
 def train(
