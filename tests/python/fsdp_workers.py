@@ -21,40 +21,18 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 import efcomm
 from ddp_workers import _join_group, free_init_method, shutdown
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from bench_fsdp import Transformer  # noqa: E402  (the benchmark's model, at the tests' size)
+
 VOCAB, DIM, SEQ, BATCH = 64, 32, 8, 4
 COMPACT_TOP1 = dict(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)
 
 
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+class TinyTransformer(Transformer):
+    """benchmarks/bench_fsdp.py's transformer at the tests' size (2 heads)."""
 
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.norm2(x))
-
-
-class TinyTransformer(nn.Module):
     def __init__(self, blocks: int = 2) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(VOCAB, DIM)
-        self.blocks = nn.ModuleList(Block(DIM) for _ in range(blocks))
-        self.norm = nn.LayerNorm(DIM)
-        self.head = nn.Linear(DIM, VOCAB)
-
-    def forward(self, tokens):
-        x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+        super().__init__(VOCAB, DIM, blocks, heads=2)
 
 
 def batch(gen):
