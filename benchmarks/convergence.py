@@ -44,6 +44,8 @@ cumulative bytes, at the longest length).
 
 import argparse
 import json
+from dataclasses import dataclass
+from typing import Optional
 import math
 import os
 import statistics
@@ -95,12 +97,44 @@ def state_options(name: str) -> dict:
         raise argparse.ArgumentTypeError(f"run {name!r}: options after '@' must be key=int") from None
 
 
+@dataclass(frozen=True)
+class UpdateSpec:
+    """``updates[:EVERY[:OUTER_LR[:MOMENTUM]]][/METHOD:COMPRESSOR...]``: efcomm.compress_updates
+    (the parts left out are its defaults; after the slash, the method and compressor in the
+    syntax of the other runs)."""
+
+    every: Optional[int] = None
+    outer_lr: Optional[float] = None
+    momentum: float = 0.0
+
+
+def update_spec(name: str) -> tuple[Optional[UpdateSpec], str]:
+    """The update exchange of a run name (None for a gradient exchange) and the rest of the
+    name (the method and compressor; "default" when left out)."""
+    base = name.partition("@")[0]
+    if not base.startswith("updates"):
+        return None, base
+    head, slash, rest = base.partition("/")
+    parts = head.split(":")
+    if parts[0] != "updates" or len(parts) > 4:
+        raise argparse.ArgumentTypeError(f"run {name!r}: expected updates[:EVERY[:OUTER_LR[:MOMENTUM]]][/METHOD:...]")
+    try:
+        every = positive_int(parts[1]) if len(parts) > 1 else None
+        outer_lr = positive_float(parts[2]) if len(parts) > 2 else None
+        momentum = float(parts[3]) if len(parts) > 3 else 0.0
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"run {name!r}: {e}") from None
+    if not 0.0 <= momentum < 1.0:
+        raise argparse.ArgumentTypeError(f"run {name!r}: the outer momentum ({momentum}) must be in [0, 1)")
+    return UpdateSpec(every, outer_lr, momentum), (rest if slash else "default")
+
+
 def run_spec(name: str) -> HookSpec:
     """The hook of a run name (see the module docstring): an optimizer prefix ("sgd/" or
     "adamw/") is dropped, and method parameters in brackets (``ef21-sgdm[eta=0.05]:topk:0.01``)
     make the method object (numbers, or true/false)."""
     base = name.split("/", 1)[1] if name.startswith(("sgd/", "adamw/")) else name
-    base = base.partition("@")[0]
+    _, base = update_spec(base)
     if base == "default":
         return HookSpec(name, "efcomm-default", "all_gather")
     method_text, bracket, rest = base.partition("[")
@@ -130,10 +164,12 @@ def uses_sgd(name: str, spec: HookSpec) -> bool:
 
 class Bytes:
     """This rank's payload per step for each kind of hook (what it hands to the collectives):
-    registers the hook; calling it after a step gives that step's bytes."""
+    registers the hook; calling it after a step gives that step's bytes. A run of the update
+    exchange registers nothing here: :meth:`wrap` makes its optimizer."""
 
-    def __init__(self, spec: HookSpec, ddp, powersgd_start: int, options: dict):
-        self.kind = spec.kind
+    def __init__(self, spec: HookSpec, ddp, powersgd_start: int, options: dict, updates: Optional[UpdateSpec] = None):
+        self.kind = "updates" if updates is not None else spec.kind
+        self.spec, self.updates, self.options = spec, updates, options
         params = [p for p in ddp.module.parameters() if p.requires_grad]
         self.dense = sum(p.numel() * p.element_size() for p in params)
         self.element_size = params[0].element_size()
@@ -147,12 +183,30 @@ class Bytes:
             )
             gloo = dist.get_backend(group) == dist.Backend.GLOO
             ddp.register_comm_hook(self.state, one_bucket_at_a_time if gloo else powerSGD_hook.powerSGD_hook)
+        elif self.kind == "updates":
+            self._sent = 0
         elif spec.kind == "efcomm":
             self.state = efcomm.register(ddp, spec.method, spec.compressor, **options)
         elif spec.kind == "efcomm-default":
             self.state = efcomm.register(ddp, **options)
 
+    def wrap(self, ddp, optimizer):
+        """The optimizer of the run: efcomm.compress_updates around the inner one (update
+        exchange), else the inner one."""
+        if self.kind != "updates":
+            return optimizer
+        u, spec = self.updates, self.spec
+        method = ("ef", None) if spec.kind == "efcomm-default" else (spec.method, spec.compressor)
+        self.state = efcomm.compress_updates(
+            ddp, optimizer, *method, every=u.every, outer_lr=u.outer_lr, outer_momentum=u.momentum, **self.options
+        )
+        return self.state
+
     def __call__(self) -> int:
+        if self.kind == "updates":
+            total = self.state.stats.bytes_sent
+            sent, self._sent = total - self._sent, total
+            return sent
         if self.kind == "allreduce":
             return self.dense
         if self.kind == "fp16":
@@ -171,20 +225,57 @@ def default_label() -> str:
     return f"efcomm default: {state.method_impl!r} + {state.compressor!r}"
 
 
-def run_config(args, name: str, steps: int, seed: int) -> lm.LMConfig:
+def run_label(name: str, spec: HookSpec) -> str:
+    updates, _ = update_spec(name)
+    if updates is None:
+        return spec.label() if spec.kind != "efcomm-default" else default_label()
+    u = efcomm.updates
+    compressor = u.default_update_compressor() if spec.kind == "efcomm-default" else spec.compressor
+    method = "ef" if spec.kind == "efcomm-default" else spec.method
+    every = updates.every or u.DEFAULT_EVERY
+    outer = updates.outer_lr or u.DEFAULT_OUTER_LR
+    return f"efcomm.compress_updates: {method} + {compressor!r}, every {every}, outer lr {outer}, momentum {updates.momentum}"
+
+
+def run_config(args, name: str, steps: int, seed: int, lr: float) -> lm.LMConfig:
+    """The run's model and schedule; ``lr`` is AdamW's peak (SGD runs take --sgd-lr times
+    lr / --lr, so that a sweep scales both alike)."""
     spec = run_spec(name)
     sgd = uses_sgd(name, spec)
-    return lm.LMConfig(
-        **args.model, steps=steps, seed=seed, optimizer="sgd" if sgd else "adamw", lr=args.sgd_lr if sgd else args.lr
-    )
+    peak = args.sgd_lr * lr / args.lr if sgd else lr
+    return lm.LMConfig(**args.model, steps=steps, seed=seed, optimizer="sgd" if sgd else "adamw", lr=peak)
 
 
-def schedule(args) -> list[tuple[int, int, str]]:
-    """The (length, seed, run) triples, in order: every run at every length with the first
-    seed; at the longest length, the runs of --seed-runs again with each further seed."""
-    plan = [(steps, args.seeds[0], name) for steps in args.steps for name in args.runs]
+def sweep_plan(args) -> list[tuple[int, int, str, float]]:
+    """The learning-rate sweep: every run at every rate of --lrs (a run named in --lr-from's
+    record: at its best rate there), at --sweep-steps, first seed."""
+    return [
+        (args.sweep_steps, args.seeds[0], name, lr)
+        for name in args.runs
+        for lr in ([args.lr_from[name]] if name in args.lr_from else args.lrs)
+    ]
+
+
+def best_lrs(results: list[dict], args) -> dict:
+    """Per run, the rate of the sweep with the lowest final validation loss (non-finite: worst)."""
+    best = {}
+    for name in args.runs:
+        swept = [
+            r for r in results if r["name"] == name and r["steps"] == args.sweep_steps and r["seed"] == args.seeds[0]
+        ]
+        loss = lambda r: r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else math.inf
+        best[name] = min(swept, key=loss)["lr"]
+    return best
+
+
+def main_plan(args, best: dict) -> list[tuple[int, int, str, float]]:
+    """Every run at its best rate at every length with the first seed; at the longest length,
+    the runs of --seed-runs again with each further seed."""
+    plan = [(steps, args.seeds[0], name, best[name]) for steps in args.steps for name in args.runs]
     longest = max(args.steps)
-    plan += [(longest, seed, name) for seed in args.seeds[1:] for name in args.runs if name in args.seed_runs]
+    plan += [
+        (longest, seed, name, best[name]) for seed in args.seeds[1:] for name in args.runs if name in args.seed_runs
+    ]
     return plan
 
 
@@ -192,24 +283,39 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
     device = lm.init_rank(rank, world, args.backend, init_method)
     try:
         results = []
-        for steps, seed, name in schedule(args):
-            spec, cfg = run_spec(name), run_config(args, name, steps, seed)
-            install = lambda ddp: Bytes(spec, ddp, max(2, steps // 10), state_options(name))  # noqa: B023
-            run = lm.train(cfg, corpus, install, device, f"{name} (seed {seed}, {steps} steps)", not args.quiet)
-            label = spec.label() if spec.kind != "efcomm-default" else default_label()
-            results.append(
-                {"name": name, "label": label, "seed": seed, "steps": steps, "optimizer": cfg.optimizer} | run
-            )
+
+        def run(steps: int, seed: int, name: str, lr: float) -> None:
+            if any((r["steps"], r["seed"], r["name"], r["lr"]) == (steps, seed, name, lr) for r in results):
+                return
+            spec, cfg = run_spec(name), run_config(args, name, steps, seed, lr)
+            updates, _ = update_spec(name)
+            meter = []
+
+            def install(ddp):
+                meter.append(Bytes(spec, ddp, max(2, steps // 10), state_options(name), updates))
+                return meter[0]
+
+            desc = f"{name} (lr {lr:g}, seed {seed}, {steps} steps)"
+            wrap = lambda ddp, opt: meter[0].wrap(ddp, opt)
+            record = lm.train(cfg, corpus, install, device, desc, not args.quiet, wrap)
+            record = {"name": name, "label": run_label(name, spec), "seed": seed, "steps": steps, "lr": lr} | record
+            results.append(record | {"optimizer": cfg.optimizer})
             if rank == 0:
-                r = results[-1]
                 print(
-                    f"  {name:<28} seed {seed} {steps:>5} steps: val {r['final_val_loss']:.4f}, "
-                    f"{r['bytes_per_rank_per_step'] / r['dense_bytes_per_rank_per_step']:.4%} of dense bytes, "
-                    f"{r['wall_s']:.0f} s",
+                    f"  {name:<28} lr {lr:<8g} seed {seed} {steps:>5} steps: val {record['final_val_loss']:.4f}, "
+                    f"{record['bytes_per_rank_per_step'] / record['dense_bytes_per_rank_per_step']:.4%} of dense "
+                    f"bytes, {record['wall_s']:.0f} s",
                     flush=True,
                 )
+
+        for item in sweep_plan(args):
+            run(*item)
+        best = [best_lrs(results, args) if rank == 0 else None]
+        dist.broadcast_object_list(best, src=0)  # the validation losses are rank 0's
+        for item in main_plan(args, best[0]):
+            run(*item)
         if rank == 0:
-            torch.save(results, Path(out_dir) / "results.pt")
+            torch.save({"results": results, "best": best[0]}, Path(out_dir) / "results.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -218,9 +324,34 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
 # ---- the report ----------------------------------------------------------------------------------
 
 
+def sweep_table(results: list[dict], args, best: dict) -> str:
+    """The final validation loss of every run at every rate of the sweep (the best marked *)."""
+    lines = [("run",) + tuple(f"lr {lr:g}" for lr in args.lrs)]
+    for name in args.runs:
+        cells = []
+        for lr in args.lrs:
+            (r,) = [
+                r
+                for r in results
+                if (r["name"], r["lr"], r["steps"], r["seed"]) == (name, lr, args.sweep_steps, args.seeds[0])
+            ]
+            cells.append(f"{r['final_val_loss']:.4f}" + ("*" if lr == best[name] else ""))
+        lines.append((name,) + tuple(cells))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(lines[0]), rule] + [fmt(x) for x in lines[1:]])
+
+
+def at_best(results: list[dict], best: dict) -> list[dict]:
+    """The runs at their run's best rate (what the main table compares)."""
+    return [r for r in results if r["lr"] == best[r["name"]]]
+
+
 def summarise(results: list[dict]) -> list[dict]:
     """One row per (length, run): the mean over seeds, the seed spread, and the gap to the dense
-    run's mean over the same seeds at the same length (a run of seed 0 against dense seed 0)."""
+    run's mean over the same seeds at the same length (a run of seed 0 against dense seed 0).
+    ``results`` holds one rate per run (:func:`at_best`)."""
     rows = []
     for steps in sorted({r["steps"] for r in results}):
         at = [r for r in results if r["steps"] == steps]
@@ -237,6 +368,7 @@ def summarise(results: list[dict]) -> list[dict]:
                     "steps": steps,
                     "name": name,
                     "label": runs[0]["label"],
+                    "lr": runs[0]["lr"],
                     "seeds": seeds,
                     "final_val_loss": mean,
                     "spread": (max(losses) - min(losses)) if len(losses) > 1 else 0.0,
@@ -250,7 +382,17 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    header = ("steps", "run", "final val loss", "seed spread", "gap to dense", "bytes/rank/step", "of dense", "wall s")
+    header = (
+        "steps",
+        "run",
+        "lr",
+        "final val loss",
+        "seed spread",
+        "gap to dense",
+        "bytes/rank/step",
+        "of dense",
+        "wall s",
+    )
     lines = [header]
     for r in rows:
         gap = "n/a" if r["gap_to_dense"] is None else f"{r['gap_to_dense']:+.2%}"
@@ -259,6 +401,7 @@ def table(rows: list[dict]) -> str:
             (
                 str(r["steps"]),
                 r["name"],
+                f"{r['lr']:g}",
                 f"{r['final_val_loss']:.4f}",
                 f"{r['spread']:.4f}" if len(r["seeds"]) > 1 else "-",
                 gap,
@@ -342,6 +485,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", default=None, help="a folder of text files (default: the stdlib's *.py)")
     parser.add_argument("--max-corpus-bytes", type=positive_int, default=64 * 2**20)
     parser.add_argument("--lr", type=positive_float, default=3e-3, help="AdamW's peak learning rate")
+    parser.add_argument(
+        "--lrs",
+        nargs="+",
+        type=positive_float,
+        default=None,
+        help="AdamW peak rates swept for every run at --sweep-steps (first seed); each run then takes its "
+        "best rate at every length and seed (default: --lr alone)",
+    )
+    parser.add_argument(
+        "--lr-from",
+        default=None,
+        help="a convergence.json of an earlier sweep: the runs it swept take their best rate from it, unswept",
+    )
+    parser.add_argument(
+        "--sweep-steps", type=positive_int, default=None, help="the sweep's length (default: the longest of --steps)"
+    )
     parser.add_argument("--sgd-lr", type=positive_float, default=0.5, help="SGD's peak learning rate")
     parser.add_argument(
         "--bucket-cap-mb",
@@ -367,6 +526,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.world_size = 2
         if args.steps == parser.get_default("steps"):
             args.steps = [8]
+    args.lrs = args.lrs or [args.lr]
+    args.lr_from = json.loads(Path(args.lr_from).read_text())["best_lr"] if args.lr_from else {}
+    args.sweep_steps = args.sweep_steps or max(args.steps)
+    for name in args.runs:
+        every = (update_spec(name)[0] or UpdateSpec(1)).every or efcomm.updates.DEFAULT_EVERY
+        if args.val_every % every or any(steps % every for steps in args.steps + [args.sweep_steps]):
+            parser.error(f"run {name!r} exchanges every {every} steps: --val-every and every length must be multiples")
     if args.backend == "auto":
         args.backend = "nccl" if torch.cuda.is_available() else "gloo"
     if args.backend == "nccl" and args.world_size > torch.cuda.device_count():
@@ -386,7 +552,8 @@ def main(argv=None) -> list[dict]:
     print(
         f"corpus: {lm.describe(corpus)}\n"
         f"model: {args.model} ({params:,} parameters); {args.world_size} ranks over {args.backend}; "
-        f"steps {args.steps}, seeds {args.seeds}; AdamW lr {args.lr:g}, SGD lr {args.sgd_lr:g}",
+        f"steps {args.steps}, seeds {args.seeds}; AdamW peak lr {', '.join(f'{lr:g}' for lr in args.lrs)} "
+        f"(swept at {args.sweep_steps} steps), SGD lr {args.sgd_lr:g} (scaled alike)",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -396,10 +563,14 @@ def main(argv=None) -> list[dict]:
             nprocs=args.world_size,
             join=True,
         )
-        results = torch.load(Path(tmp) / "results.pt")
+        saved = torch.load(Path(tmp) / "results.pt")
+    results, best = saved["results"], saved["best"]
     for r in results:
         r["bytes_curve"] = bytes_curve(r)
-    rows = summarise(results)
+    if len(args.lrs) > 1 and not args.lr_from:
+        print(f"learning-rate sweep, {args.sweep_steps} steps, seed {args.seeds[0]} (* the best):")
+        print(sweep_table(results, args, best))
+    rows = summarise(at_best(results, best))
     print(table(rows))
     record = {
         "corpus": {k: corpus[k] for k in ("root", "files", "bytes", "sha256")},
@@ -409,11 +580,14 @@ def main(argv=None) -> list[dict]:
         "backend": args.backend,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "lrs": args.lrs,
+        "sweep_steps": args.sweep_steps,
+        "best_lr": best,
         "summary": rows,
         "runs": [{k: v for k, v in r.items() if k != "bytes_per_step"} for r in results],
     }
     (out / "convergence.json").write_text(json.dumps(record, indent=1))
-    plot(results, out / "convergence.png")
+    plot(at_best(results, best), out / "convergence.png")
     print(f"wrote {out / 'convergence.json'} and {out / 'convergence.png'}")
     return rows
 

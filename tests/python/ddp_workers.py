@@ -405,6 +405,10 @@ def scenario_killed_rank(rank, world, ctx):
 
 SCENARIOS = {name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 
+import update_workers  # noqa: E402  (efcomm.compress_updates' scenarios: it imports this module's helpers)
+
+SCENARIOS.update(update_workers.SCENARIOS)
+
 # The launches of the DDP tests, in order (each a world size and its scenarios; a scenario
 # that makes every rank raise, or breaks the group, comes last). Files pass from one launch
 # to the next.
@@ -424,10 +428,15 @@ LAUNCHES = (
             "resume_save",
             "elastic_save",
             "mismatch",
+            "updates_dense_equivalence",
+            "updates_adamw_topk",
+            "updates_nonfinite",
+            "updates_resume_save",
+            "updates_mismatch",
         ],
     ),
-    ("three", 3, ["join", "elastic_resume", "elastic_missing", "killed_rank"]),
-    ("second", 2, ["resume_load", "elastic_resume"]),
+    ("three", 3, ["join", "elastic_resume", "elastic_missing", "updates_resume_load", "killed_rank"]),
+    ("second", 2, ["resume_load", "elastic_resume", "updates_resume_load"]),
 )
 BREAKS_GROUP = "killed_rank"
 

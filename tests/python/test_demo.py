@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import efcomm
 from efcomm import EFState, TopK, demo, lm
 
 
@@ -75,14 +76,16 @@ def test_the_compressed_run_is_efcomms_default_unless_told_otherwise():
 def test_table_rows_give_the_gap_and_the_compression():
     dense = {"final_val_loss": 2.0, "bytes_per_rank_per_step": 1000.0}
     compressed = {"final_val_loss": 2.1, "bytes_per_rank_per_step": 12.5}
-    rows = demo.table_rows("ef21 + TopK(ratio=0.01)", dense, compressed, steps=40)
+    updates = {"final_val_loss": 1.9, "bytes_per_rank_per_step": 10.0}
+    rows = demo.table_rows(dense, [("updates", updates), ("ef21 + TopK(ratio=0.01)", compressed)], steps=40)
     assert rows == [
         ("dense all-reduce", "2.0000", "-", "40,000", "1.0x"),
+        ("updates", "1.9000", "-5.00%", "400", "100.0x"),
         ("ef21 + TopK(ratio=0.01)", "2.1000", "+5.00%", "500", "80.0x"),
     ]
     table = demo._table(rows).splitlines()
     assert [c.strip() for c in table[0].strip("|").split("|")] == list(demo.HEADER)
-    assert len(table) == 4 and table[3].startswith("| ef21 + TopK(ratio=0.01) | 2.1000 ")
+    assert len(table) == 5 and table[4].startswith("| ef21 + TopK(ratio=0.01) | 2.1000 ")
 
 
 def test_cpu_code_paths_are_pinned_unless_the_environment_says_otherwise():
@@ -99,11 +102,24 @@ def _cells(line: str) -> list[str]:
 
 
 def test_tiny_run_end_to_end():
-    """python -m efcomm.demo --tiny: the corpus line first, then the two runs' table, whose
-    bytes are the dense gradient's and what efcomm's default sent."""
+    """python -m efcomm.demo --tiny: the corpus line first, then the three runs' table, whose
+    bytes are the dense gradient's, what compress_updates sent (one exchange every 3 steps) and
+    what efcomm's default hook sent."""
     steps = 6
     out = subprocess.run(
-        [sys.executable, "-m", "efcomm.demo", "--tiny", "--steps", str(steps), "--no-progress", "--backend", "gloo"],
+        [
+            sys.executable,
+            "-m",
+            "efcomm.demo",
+            "--tiny",
+            "--steps",
+            str(steps),
+            "--every",
+            "3",
+            "--no-progress",
+            "--backend",
+            "gloo",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -113,8 +129,8 @@ def test_tiny_run_end_to_end():
     assert lines[0].startswith("corpus: ") and "sha256" in lines[0]
     assert lines[1].startswith(f"efcomm demo: 2 ranks over gloo, {steps} steps")
     table = [line for line in lines if line.startswith("| ")]
-    assert _cells(table[0]) == list(demo.HEADER) and len(table) == 3
-    dense, compressed = _cells(table[1]), _cells(table[2])
+    assert _cells(table[0]) == list(demo.HEADER) and len(table) == 4
+    dense, updates, compressed = _cells(table[1]), _cells(table[2]), _cells(table[3])
     params = sum(p.numel() for p in lm.ByteGPT(lm.LMConfig(**lm.TINY)).parameters())
     assert dense[0] == "dense all-reduce" and int(dense[3].replace(",", "")) == params * 4 * steps
     assert compressed[0] == demo.default_label()
@@ -123,3 +139,7 @@ def test_tiny_run_end_to_end():
     assert math.isfinite(loss) and compressed[2] == f"{loss / dense_loss - 1.0:+.2%}"
     sent = int(compressed[3].replace(",", ""))
     assert 0 < sent < params * 4 * steps and compressed[4] == f"{params * 4 * steps / sent:.1f}x"
+    assert updates[0] == demo.updates_label(3) and math.isfinite(float(updates[1]))
+    k = math.ceil(efcomm.updates.default_update_compressor().ratio * params)
+    align4 = lambda n: -(-n // 4) * 4  # the compact layout's sections (kernels/wire_layout.h), 2 exchanges
+    assert int(updates[3].replace(",", "")) == 2 * (4 * math.ceil(params / 65536) + 2 * align4(2 * k))

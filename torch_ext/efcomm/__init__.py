@@ -1,5 +1,6 @@
-"""efcomm: compressed DDP gradient communication with error feedback (EF21 and its relatives;
-Top-k, Rand-k and quantizers)."""
+"""efcomm: compressed data-parallel communication with error feedback (EF21 and its relatives;
+Top-k, Rand-k and quantizers): of the gradient (DDP and FSDP2 hooks) or of the optimizer's update
+(compress_updates)."""
 
 from . import compressors, methods, ops  # the simulator (efcomm.sim) is a subpackage that this never imports
 from .bucket_state import BucketState
@@ -10,6 +11,7 @@ from .methods import METHODS, Method
 from .smoothness import estimate_smoothness
 from .state import EFState
 from .stats import CommStats
+from .updates import CompressedUpdates, compress_updates
 
 __all__ = [
     "compressors",
@@ -24,5 +26,7 @@ __all__ = [
     "ef_hook",
     "register",
     "register_fsdp",
+    "compress_updates",
+    "CompressedUpdates",
 ] + compressors.__all__
 __version__ = "0.1.0"

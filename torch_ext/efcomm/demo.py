@@ -1,8 +1,10 @@
-"""The main job: a small language model trained on real text twice, with DDP's dense
-all-reduce and with efcomm, and what each run sent.
+"""The main job: a small language model trained on real text three times, with DDP's dense
+all-reduce, with efcomm's update exchange (``efcomm.compress_updates``: the form that keeps
+AdamW's loss) and with efcomm's gradient hook (``efcomm.register``), and what each run sent.
 
     python -m efcomm.demo                 # or: efcomm-demo
-    python -m efcomm.demo --method ef --compressor topk --ratio 0.01
+    python -m efcomm.demo --every 20      # the update exchange every 20 steps
+    python -m efcomm.demo --method ef --compressor topk --ratio 0.01   # the gradient hook's run
     python -m efcomm.demo --corpus /usr/share/perl5 --steps 1000
 
 Without a GPU it runs over gloo on the CPU; with GPUs it uses NCCL, one rank per GPU. The
@@ -12,10 +14,12 @@ files (``*.py`` directly in ``sysconfig``'s stdlib path), or every text file und
 ``--corpus DIR``; split into training and validation by file, tokenised as bytes. Nothing is
 downloaded. Both runs start from the same model and see the same batches in the same order.
 
-The compressed run is what ``efcomm.register(ddp)`` gives with no arguments (efcomm's default
-method and compressor), unless --method, --compressor or --ratio say otherwise (what they leave
-out is efcomm's default too). Methods that keep a momentum of their own (ef21-sgdm, motef)
-train with plain SGD (--sgd-lr), as benchmarks/convergence.py does.
+The update run is what ``efcomm.compress_updates(ddp, adamw)`` gives with no other arguments
+(``--every`` changes its exchange interval). The gradient run is what ``efcomm.register(ddp)``
+gives with no arguments (efcomm's default method and compressor), unless --method, --compressor
+or --ratio say otherwise (what they leave out is efcomm's default too). Methods that keep a
+momentum of their own (ef21-sgdm, motef) train with plain SGD (--sgd-lr), as
+benchmarks/convergence.py does.
 
 The table depends on the corpus, which differs between Python versions (its size and hash are
 printed first), and on the machine's floating-point rounding. Intel's MKL (torch's BLAS on x86)
@@ -47,13 +51,14 @@ from .compressors import FP8, QSGD, Int8, Natural, RandK, ScaledSign, TopK
 from .hook import register
 from .methods import METHODS
 from .state import EFState
+from .updates import DEFAULT_EVERY, compress_updates, default_update_compressor
 
 # The code paths the worker processes use on the CPU (see the module docstring).
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 # Methods that keep their own momentum: plain SGD, as benchmarks/convergence.py runs them.
 SGD_METHODS = ("ef21-sgdm", "motef")
 SGD_LR = 0.5
-# About 2 minutes for the two runs on 2 idle CPU cores (4 ranks over gloo).
+# About 2 minutes for the three runs on 2 idle CPU cores (4 ranks over gloo).
 STEPS = 800
 
 HEADER = ("run", "final validation loss", "gap to dense", "bytes sent / rank", "compression")
@@ -144,6 +149,11 @@ def default_label() -> str:
     return f"efcomm default: {state.method} + {short_repr(state.compressor)}"
 
 
+def updates_label(every: int) -> str:
+    """The table's name of the update exchange's run."""
+    return f"efcomm.compress_updates: ef + {short_repr(default_update_compressor())}, every {every} steps"
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """The command line, checked before any process starts (usage errors exit with status 2)."""
     parser = argparse.ArgumentParser(
@@ -153,6 +163,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--world-size", type=_positive(int), default=4, help="number of ranks (capped at the GPU count with NCCL)"
     )
     parser.add_argument("--steps", type=_positive(int), default=None, help=f"training steps per run (default: {STEPS})")
+    parser.add_argument(
+        "--every",
+        type=_positive(int),
+        default=DEFAULT_EVERY,
+        help=f"steps between two exchanges of the update run (default: compress_updates', {DEFAULT_EVERY})",
+    )
     parser.add_argument(
         "--ratio", type=_ratio, default=None, help="k/d per bucket for topk and randk, in (0, 1] (default: efcomm's)"
     )
@@ -219,6 +235,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             args.label = run_label(args.method, args.compressor, ratio)
         EFState(args.method, args.compressor_obj, allow_biased=args.method == "none")  # any other bad combination
     args.sgd = args.method in SGD_METHODS
+    args.updates_label = updates_label(args.every)
     return args
 
 
@@ -244,9 +261,23 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str
                 state = register(ddp, args.method, args.compressor_obj, allow_biased=args.method == "none")
             return lambda: state.stats.history[-1]["bytes_sent"]
 
+        updates = {}
+
+        def wrap(ddp, optimizer):
+            updates["opt"] = compress_updates(ddp, optimizer, every=args.every)  # the defaults otherwise
+            updates["sent"] = 0
+            return updates["opt"]
+
+        def update_bytes():
+            total = updates["opt"].stats.bytes_sent
+            sent, updates["sent"] = total - updates["sent"], total
+            return sent
+
         progress = not args.no_progress
+        adamw = _config(args, False)
         runs = {
-            "dense": lm.train(_config(args, False), corpus, dense, device, "dense all-reduce", progress),
+            "dense": lm.train(adamw, corpus, dense, device, "dense all-reduce", progress),
+            "updates": lm.train(adamw, corpus, lambda ddp: update_bytes, device, args.updates_label, progress, wrap),
             "compressed": lm.train(_config(args, args.sgd), corpus, compressed, device, args.label, progress),
         }
         if rank == 0:
@@ -263,21 +294,17 @@ def pin_cpu_paths(environ) -> None:
         environ.setdefault(name, value)
 
 
-def table_rows(label: str, dense: dict, compressed: dict, steps: int) -> list[tuple]:
-    """The table's two rows from the two runs (lm.train's records of rank 0)."""
-    dense_loss, loss = dense["final_val_loss"], compressed["final_val_loss"]
+def table_rows(dense: dict, compressed: list[tuple[str, dict]], steps: int) -> list[tuple]:
+    """The table's rows: the dense run, then each (label, run) of ``compressed`` (lm.train's
+    records of rank 0)."""
+    dense_loss = dense["final_val_loss"]
     dense_sent = round(dense["bytes_per_rank_per_step"] * steps)
-    sent = round(compressed["bytes_per_rank_per_step"] * steps)
-    return [
-        ("dense all-reduce", f"{dense_loss:.4f}", "-", f"{dense_sent:,}", "1.0x"),
-        (
-            label,
-            f"{loss:.4f}",
-            f"{loss / dense_loss - 1.0:+.2%}",
-            f"{sent:,}",
-            f"{dense_sent / sent:.1f}x" if sent else "inf",
-        ),
-    ]
+    rows = [("dense all-reduce", f"{dense_loss:.4f}", "-", f"{dense_sent:,}", "1.0x")]
+    for label, run in compressed:
+        loss, sent = run["final_val_loss"], round(run["bytes_per_rank_per_step"] * steps)
+        gap = f"{loss / dense_loss - 1.0:+.2%}"
+        rows.append((label, f"{loss:.4f}", gap, f"{sent:,}", f"{dense_sent / sent:.1f}x" if sent else "inf"))
+    return rows
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -291,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     optimizer = f"plain SGD lr {args.sgd_lr:g}: {args.method} keeps its own momentum" if args.sgd else adamw
     print(
         f"efcomm demo: {args.world_size} ranks over {args.backend}, {args.steps} steps, "
-        f"dense all-reduce ({adamw}) vs {args.label} ({optimizer})",
+        f"dense all-reduce ({adamw}) vs {args.updates_label} ({adamw}) vs {args.label} ({optimizer})",
         flush=True,
     )
     pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
@@ -299,7 +326,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         init_method = lm.free_init_method()
         mp.spawn(worker, args=(args.world_size, init_method, args, corpus, tmp), nprocs=args.world_size, join=True)
         runs = torch.load(Path(tmp) / "runs.pt")
-    rows = table_rows(args.label, runs["dense"], runs["compressed"], args.steps)
+    compressed = [(args.updates_label, runs["updates"]), (args.label, runs["compressed"])]
+    rows = table_rows(runs["dense"], compressed, args.steps)
     print(_table(rows))
 
 

@@ -184,11 +184,15 @@ def train(
     device: torch.device,
     desc: str = "",
     progress: bool = True,
+    wrap: Optional[Callable[[DistributedDataParallel, torch.optim.Optimizer], torch.optim.Optimizer]] = None,
 ) -> dict:
     """Trains a fresh model on this rank (the process group is initialised) and returns its
     run: the validation curve ([step, loss] pairs, on rank 0; empty elsewhere), this rank's
     bytes per step and the wall time. ``install(ddp)`` registers the run's hook (or none) and
-    returns a function that gives the bytes this rank sent in the step that just ended."""
+    returns a function that gives the bytes this rank sent in the step that just ended;
+    ``wrap(ddp, optimizer)``, when given, returns the optimizer to train with (e.g.
+    efcomm.compress_updates; it is called after ``install``). Validation runs on rank 0's
+    model: with local steps, ``val_every`` should be a multiple of the exchange interval."""
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.seed)
     model = ByteGPT(cfg).to(device)
@@ -201,6 +205,8 @@ def train(
         optimizer = torch.optim.AdamW(ddp.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
     else:
         raise ValueError(f"efcomm.lm: optimizer ({cfg.optimizer!r}) must be 'adamw' or 'sgd'")
+    if wrap is not None:
+        optimizer = wrap(ddp, optimizer)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps))
     val_x, val_y = (t.to(device) for t in val_windows(corpus["val"], cfg))
     loss_fn = nn.CrossEntropyLoss()

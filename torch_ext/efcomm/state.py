@@ -62,6 +62,13 @@ class EFState:
             efcomm.hierarchy; ``efcomm.register`` builds it from ``hierarchy=L`` or "auto").
         dense_steps: the first ``dense_steps`` steps (counted in ``stats.steps``) are DDP's
             plain all-reduce, as PowerSGD's ``start_powerSGD_iter``; the method starts after.
+        sparsity_warmup: DGC's warm-up (Lin et al. 2018, arXiv 1712.01887): over a bucket's
+            first ``sparsity_warmup`` compressed steps the kept fraction falls geometrically from
+            ``warmup_start`` to the compressor's ``ratio`` (step t keeps
+            ``warmup_start * (ratio / warmup_start) ** (t / sparsity_warmup)``); the larger
+            messages are sent and counted as such. Needs a compressor with a ``ratio`` and no
+            ``k`` (TopK, RandK, ChunkTopK).
+        warmup_start: the kept fraction at the warm-up's first step (default 0.25, DGC's).
 
     Picklable (the process group and parameter names are dropped: register the unpickled
     state with :func:`efcomm.register` or pass ``param_names`` again), with ``state_dict`` /
@@ -83,6 +90,8 @@ class EFState:
         hierarchy: Optional[Hierarchy] = None,
         side_stream: bool = False,
         dense_steps: int = 0,
+        sparsity_warmup: int = 0,
+        warmup_start: float = 0.25,
     ) -> None:
         self.method_impl = make_method(method)
         if self.method_impl.per_worker_iterates:
@@ -109,6 +118,9 @@ class EFState:
         if not (isinstance(dense_steps, int) and not isinstance(dense_steps, bool) and dense_steps >= 0):
             raise ValueError(f"efcomm: dense_steps ({dense_steps!r}) must be an int >= 0")
         self.dense_steps = dense_steps
+        self._check_warmup(sparsity_warmup, warmup_start, compressor)
+        self.sparsity_warmup, self.warmup_start = sparsity_warmup, float(warmup_start)
+        self._warm_wires: dict = {}  # step -> the warm-up's compressor at that step
         self._streams: dict = {}  # device -> the side stream (side_stream=True, CUDA buckets)
         self.method = self.method_impl.name
         self.allow_biased = allow_biased
@@ -129,9 +141,38 @@ class EFState:
         self.rank: Optional[int] = None
         self._saved_at: Optional[tuple] = None  # (world size, rank) of a loaded checkpoint
 
+    def _check_warmup(self, steps, start, compressor: Compressor) -> None:
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+            raise ValueError(f"efcomm: sparsity_warmup ({steps!r}) must be an int >= 0")
+        if not steps:
+            return
+        ratio = getattr(compressor, "ratio", None)
+        if not dataclasses.is_dataclass(compressor) or ratio is None or getattr(compressor, "k", None) is not None:
+            raise ValueError(
+                f"efcomm: sparsity_warmup needs a compressor with a ratio and no k (TopK, RandK, ChunkTopK); "
+                f"got {compressor!r}"
+            )
+        if self.method_impl.wire_compressor(compressor) is not compressor:
+            raise ValueError(
+                f"efcomm: sparsity_warmup does not apply to {self.method_impl!r}, which sends its own messages"
+            )
+        if not (isinstance(start, (int, float)) and not isinstance(start, bool) and ratio < start <= 1.0):
+            raise ValueError(f"efcomm: warmup_start ({start!r}) must be in (ratio = {ratio}, 1]")
+
+    def wire_at(self, step: int) -> Compressor:
+        """The compressor a bucket sends with at its compressed step ``step`` (the warm-up's)."""
+        if step >= self.sparsity_warmup:
+            return self.wire
+        wire = self._warm_wires.get(step)
+        if wire is None:
+            ratio = self.warmup_start * (self.wire.ratio / self.warmup_start) ** (step / self.sparsity_warmup)
+            wire = self._warm_wires[step] = dataclasses.replace(self.wire, ratio=min(1.0, ratio))
+        return wire
+
     def config(self) -> dict:
         """The settings every rank must share (checked once, by hash, on the first bucket)."""
-        return {
+        warmup = {"sparsity_warmup": self.sparsity_warmup, "warmup_start": self.warmup_start}
+        return (warmup if self.sparsity_warmup else {}) | {
             "method": repr(self.method_impl),
             "compressor": repr(self.compressor),
             "allow_biased": self.allow_biased,
@@ -167,7 +208,7 @@ class EFState:
                 if hint is not None:
                     bucket_state.hints[key] = hint
         ctx = Context(self.seed, bucket_state.steps, bucket_state.layout_id, rank, hint)
-        return Codec(self.wire, numel, dtype, ctx)
+        return Codec(self.wire_at(bucket_state.steps), numel, dtype, ctx)
 
     def stream_for(self, device: torch.device) -> Optional["torch.cuda.Stream"]:
         """The stream the hook runs a CUDA bucket's encode on with ``side_stream=True`` (one per
