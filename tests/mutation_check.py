@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "torch_ext" / "efcomm"
-LISTS = ("mutations_product", "mutations_claims")  # tests/<name>.py, each optional but the first
+LISTS = ("mutations_product", "mutations_claims", "mutations_updates")  # tests/<name>.py, each optional but the first
 KEYS = {"name", "covers", "path", "old", "new", "tests"}
 COPIED = ("torch_ext/efcomm", "tests")
 
