@@ -61,7 +61,7 @@ MUTATIONS = [
         path=UPDATES,
         old='            self._write([p.to(device) for p in entry["params"]])',
         new="            self._write(self._anchors)",
-        tests=[f"{TESTS}::test_a_save_between_exchanges_resumes_bit_for_bit_in_this_process"],
+        tests=[f"{TESTS}::test_a_save_between_exchanges_resumes_bit_for_bit_in_this_process[state_dict]"],
     ),
     dict(
         name="warmup-constant-ratio",

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import requires_cuda
 from torch import nn
 
 import efcomm
@@ -247,7 +248,13 @@ def _flat_grads(model) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def test_a_save_between_exchanges_resumes_bit_for_bit_in_this_process(one_rank):
+@pytest.mark.parametrize("through", ["state_dict", "dcp"])
+def test_a_save_between_exchanges_resumes_bit_for_bit_in_this_process(one_rank, through, tmp_path):
+    """Saved after 4 steps (an exchange at step 3, one local step after it) and loaded into a
+    fresh model and optimizer: with torch.save's state dict, or with torch.distributed.checkpoint
+    through efcomm.checkpoint (whose load reads the checkpoint's keys)."""
+    from efcomm import checkpoint
+
     def make():
         model = _regression()
         opt = efcomm.compress_updates(
@@ -265,13 +272,30 @@ def test_a_save_between_exchanges_resumes_bit_for_bit_in_this_process(one_rank):
     train(model, opt, 0, 10)
     uninterrupted = _flat(model)
     model, opt = make()
-    train(model, opt, 0, 4)  # one exchange at step 3, one local step after it
+    train(model, opt, 0, 4)
     saved = opt.state_dict()
+    if through == "dcp":
+        checkpoint.save(opt, tmp_path)
     model, opt = make()  # fresh parameters: the optimizer's load restores this rank's
-    opt.load_state_dict(saved)
+    if through == "dcp":
+        checkpoint.load(opt, tmp_path)
+    else:
+        opt.load_state_dict(saved)
     train(model, opt, 4, 10)
     assert torch.equal(_flat(model), uninterrupted)
     with pytest.raises(ValueError, match="checkpoint configuration"):
         other_model = _regression()
         other = efcomm.compress_updates(other_model, torch.optim.AdamW(other_model.parameters(), lr=1e-2), every=2)
         other.load_state_dict(saved)
+
+
+@requires_cuda
+def test_cuda_updates_equal_dense_sgd_and_keep_ranks_identical():
+    from ddp_workers import spawn
+    from update_workers import cuda_updates_worker
+
+    results = spawn(cuda_updates_worker, 2)
+    for r in results:
+        torch.testing.assert_close(r["every_step"], r["dense"], rtol=0, atol=1e-6)
+        assert torch.equal(r["topk"], results[0]["topk"]) and torch.isfinite(r["topk"]).all()
+    assert [r["skipped"] for r in results] == [0, 1]

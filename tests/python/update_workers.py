@@ -159,3 +159,43 @@ def scenario_updates_mismatch(rank, world, ctx):
 
 
 SCENARIOS = {name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")}
+
+
+def cuda_updates_worker(rank, world_size, init_method, result_dir):
+    """compress_updates on CUDA tensors (several ranks share cuda:0 over gloo): DDP's dense SGD
+    against one exchange per step with Identity, and AdamW with EF + compact Top-10 % every 2
+    steps (rank 1's gradient inf at step 3): the parameters of every rank."""
+    from ddp_workers import _join_group, shutdown
+
+    _join_group(rank, world_size, init_method)
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+
+    def steps(model, opt, stop, corrupt=None):
+        for step in range(stop):
+            x, y = (t.to(device) for t in _batch(rank, step))
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            (loss * float("inf") if corrupt == (step, rank) else loss).backward()
+            opt.step()
+
+    def make():
+        model = _mlp().to(device)
+        return model, DistributedDataParallel(model, device_ids=[0])
+
+    model, ddp = make()
+    steps(ddp, torch.optim.SGD(ddp.parameters(), lr=0.05), 6)
+    out = {"dense": _flat_params(model).cpu()}
+    model, ddp = make()
+    opt = efcomm.compress_updates(ddp, torch.optim.SGD(ddp.parameters(), lr=0.05), "ef", efcomm.Identity(), every=1)
+    steps(ddp, opt, 6)
+    out["every_step"] = _flat_params(model).cpu()
+    model, ddp = make()
+    compressor = efcomm.TopK(0.1, value_dtype=torch.bfloat16, index_bits=16)
+    opt = efcomm.compress_updates(
+        ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-2), "ef", compressor, every=2, min_compress_numel=32
+    )
+    steps(ddp, opt, 10, corrupt=(3, 1))
+    out |= {"topk": _flat_params(model).cpu(), "skipped": opt.skipped_steps}
+    torch.save(out, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()

@@ -230,8 +230,12 @@ class CompressedUpdates(torch.optim.Optimizer):
         between exchanges) and the step counts."""
         ef = self.ef_state.state_dict()
         (rank_key,) = ef["ranks"]
+        inner = self.inner.state_dict()
+        # Per-parameter state under "param<i>", not under the index itself: a DCP load turns
+        # dicts keyed by digits into lists, which would lose the indices of stateless parameters.
+        inner["state"] = {f"param{i}": v for i, v in inner["state"].items()}
         entry = {
-            "inner": self.inner.state_dict(),
+            "inner": inner,
             "efcomm": ef["ranks"][rank_key],
             "config": self._config(),
             "anchors": [a.clone() for a in self._anchors],
@@ -268,7 +272,9 @@ class CompressedUpdates(torch.optim.Optimizer):
                 f"efcomm.compress_updates: the checkpoint's parameter buckets {[tuple(a.shape) for a in anchors]} "
                 f"differ from this model's {[tuple(s) for s in shapes]}"
             )
-        self.inner.load_state_dict(entry["inner"])
+        inner = dict(entry["inner"])
+        inner["state"] = {int(k[len("param") :]): v for k, v in inner["state"].items()}
+        self.inner.load_state_dict(inner)
         self.ef_state.load_state_dict({"ranks": {key: entry["efcomm"]}})
         device = self._anchors[0].device
         self._anchors = [a.to(device=device, dtype=self._delta_dtype).clone() for a in anchors]
