@@ -279,10 +279,24 @@ def main_plan(args, best: dict) -> list[tuple[int, int, str, float]]:
     return plan
 
 
-def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir: str) -> None:
+def run_key(args, corpus: dict) -> dict:
+    """What a recorded run must share with this invocation to be reused by --resume."""
+    return {"corpus": corpus["sha256"], "model": args.model, "world_size": args.world_size, "backend": args.backend}
+
+
+def recorded_runs(path: Path, key: dict) -> list[dict]:
+    """The runs of <out>/runs.jsonl made with ``key`` (the same corpus, model and ranks)."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["run"] for r in records if r["key"] == key]
+
+
+def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir: str, done: list) -> None:
     device = lm.init_rank(rank, world, args.backend, init_method)
     try:
-        results = []
+        results = list(done)  # --resume: the runs recorded by earlier invocations
+        log = Path(args.out) / "runs.jsonl"
 
         def run(steps: int, seed: int, name: str, lr: float) -> None:
             if any((r["steps"], r["seed"], r["name"], r["lr"]) == (steps, seed, name, lr) for r in results):
@@ -300,7 +314,9 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out_dir:
             record = lm.train(cfg, corpus, install, device, desc, not args.quiet, wrap)
             record = {"name": name, "label": run_label(name, spec), "seed": seed, "steps": steps, "lr": lr} | record
             results.append(record | {"optimizer": cfg.optimizer})
-            if rank == 0:
+            if rank == 0:  # every finished run, at once: an interrupted invocation loses only the one running
+                with log.open("a") as f:
+                    f.write(json.dumps({"key": run_key(args, corpus), "run": results[-1]}) + "\n")
                 print(
                     f"  {name:<28} lr {lr:<8g} seed {seed} {steps:>5} steps: val {record['final_val_loss']:.4f}, "
                     f"{record['bytes_per_rank_per_step'] / record['dense_bytes_per_rank_per_step']:.4%} of dense "
@@ -514,6 +530,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/convergence")
     parser.add_argument("--tiny", action="store_true", help="a tiny model, 2 ranks, 8 steps: a functional run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs recorded in <out>/runs.jsonl (every finished run is appended there) with the same "
+        "corpus, model and ranks, instead of running them again",
+    )
     args = parser.parse_args(argv)
     fields = ("d_model", "layers", "heads", "context", "batch")
     args.model = {k: getattr(lm.LMConfig, k) for k in fields} | {
@@ -556,10 +578,13 @@ def main(argv=None) -> list[dict]:
         f"(swept at {args.sweep_steps} steps), SGD lr {args.sgd_lr:g} (scaled alike)",
         flush=True,
     )
+    done = recorded_runs(out / "runs.jsonl", run_key(args, corpus)) if args.resume else []
+    if done:
+        print(f"--resume: {len(done)} run(s) recorded in {out / 'runs.jsonl'} are reused", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(
             worker,
-            args=(args.world_size, lm.free_init_method(), args, corpus, tmp),
+            args=(args.world_size, lm.free_init_method(), args, corpus, tmp, done),
             nprocs=args.world_size,
             join=True,
         )
