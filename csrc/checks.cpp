@@ -172,6 +172,14 @@ void check_dense_encode_args(const at::Tensor& a, const std::optional<at::Tensor
   TORCH_CHECK(*clip > 0.0 && std::isfinite(*clip), op, ": clip (", *clip, ") must be positive and finite");
 }
 
+wire::ChunkTopkLayout check_chunktopk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,
+                                                  int64_t chunk, int64_t bits, double scale) {
+  const char* op = "chunktopk_encode_";
+  check_encode_args(a, b, scale, op);
+  TORCH_CHECK(a.numel() >= 1, op, ": a is empty");
+  return chunk_topk_config(a.numel(), k, chunk, bits, op);
+}
+
 SparseFormat check_topk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k, double scale,
                                     const std::optional<at::Tensor>& weights,
                                     std::optional<c10::ScalarType> value_dtype, int64_t index_bits) {
@@ -218,6 +226,19 @@ wire::DenseLayout check_dense_decode_args(const at::Tensor& h, const at::Tensor&
   const wire::DenseLayout layout = dense_layout_of(h.numel(), h.scalar_type());
   const std::string what =
       "a dense message of " + std::to_string(h.numel()) + " " + c10::toString(h.scalar_type()) + " values";
+  check_gathered(h, gathered, layout.nbytes, what.c_str(), scale, weights, op);
+  return layout;
+}
+
+wire::ChunkTopkLayout check_chunktopk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k,
+                                                  int64_t chunk, int64_t bits, double scale,
+                                                  const std::optional<at::Tensor>& weights) {
+  const char* op = "chunktopk_decode_add_";
+  check_decoded(h, op);
+  TORCH_CHECK(h.numel() >= 1, op, ": h is empty");
+  const wire::ChunkTopkLayout layout = chunk_topk_config(h.numel(), k, chunk, bits, op);
+  const std::string what = "a chunktopk message of " + std::to_string(h.numel()) + " entries (k=" + std::to_string(k) +
+                           ", chunk=" + std::to_string(chunk) + ", bits=" + std::to_string(bits) + ")";
   check_gathered(h, gathered, layout.nbytes, what.c_str(), scale, weights, op);
   return layout;
 }

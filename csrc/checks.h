@@ -40,6 +40,9 @@ QuantConfig check_quant_encode_args(const at::Tensor& a, const std::optional<at:
                                     double scale);
 void check_dense_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, std::optional<double> clip,
                              double scale);
+// Chunked Top-k: a non-empty, and the configuration (chunk_topk_config); returns the layout.
+wire::ChunkTopkLayout check_chunktopk_encode_args(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,
+                                                  int64_t chunk, int64_t bits, double scale);
 
 // The decode-adds, one check per op: h (float, contiguous), `gathered` as [rows, nbytes] uint8,
 // contiguous, 4-byte aligned, on h's device, with rows of the layout's nbytes; scale finite;
@@ -55,6 +58,9 @@ QuantConfig check_quant_decode_args(const at::Tensor& h, const at::Tensor& gathe
                                     const std::optional<at::Tensor>& weights);
 wire::DenseLayout check_dense_decode_args(const at::Tensor& h, const at::Tensor& gathered, double scale,
                                           const std::optional<at::Tensor>& weights);
+wire::ChunkTopkLayout check_chunktopk_decode_args(const at::Tensor& h, const at::Tensor& gathered, int64_t k,
+                                                  int64_t chunk, int64_t bits, double scale,
+                                                  const std::optional<at::Tensor>& weights);
 
 // MoTEF's tracking step: g, M, V, G, G_mean of one shape, dtype and device, the four states
 // contiguous; lam and gamma in (0, 1].

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "csrc/checks.h"
+#include "kernels/chunk_topk_rule.h"
 #include "kernels/quant_schemes.h"
 
 namespace efcomm {
@@ -62,8 +63,18 @@ QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels,
   return config;
 }
 
+wire::ChunkTopkLayout chunk_topk_config(int64_t numel, int64_t k, int64_t chunk, int64_t bits, const char* op) {
+  TORCH_CHECK(numel >= 1, op, ": numel (", numel, ") must be at least 1");
+  TORCH_CHECK(chunk_topk::valid_chunk(chunk), op, ": chunk (", chunk, ") must be a power of two in [",
+              chunk_topk::kMinChunk, ", ", chunk_topk::kMaxChunk, "]");
+  TORCH_CHECK(k >= 1, op, ": k (", k, ") must be at least 1");
+  TORCH_CHECK(k <= chunk, op, ": k (", k, ") exceeds the chunk (", chunk, "); k counts the entries kept per chunk");
+  TORCH_CHECK(chunk_topk::valid_bits(bits), op, ": bits (", bits, ") must be 2, 4 or 8");
+  return wire::chunk_topk_layout(numel, chunk, k, bits);
+}
+
 int64_t message_nbytes(c10::string_view family, int64_t numel, c10::ScalarType dtype, int64_t k,
-                       c10::string_view scheme, int64_t levels, int64_t block) {
+                       c10::string_view scheme, int64_t levels, int64_t block, int64_t bits) {
   const char* op = "message_nbytes";
   check_value_dtype(dtype, op);
   TORCH_CHECK(numel >= 1, op, ": numel (", numel, ") must be at least 1");
@@ -80,8 +91,9 @@ int64_t message_nbytes(c10::string_view family, int64_t numel, c10::ScalarType d
     return dense_layout_of(k, dtype).nbytes;
   }
   if (family == "dense") return dense_layout_of(numel, dtype).nbytes;
+  if (family == "chunktopk") return chunk_topk_config(numel, k, block, bits, op).nbytes;
   TORCH_CHECK(family == "quant", op, ": family ('", family,
-              "') must be one of 'topk', 'topk16', 'randk', 'dense', 'quant'");
+              "') must be one of 'topk', 'topk16', 'randk', 'dense', 'quant', 'chunktopk'");
   return quant_config(numel, scheme, levels, block, op).layout.nbytes;
 }
 

@@ -42,11 +42,18 @@ struct QuantConfig {
 // scheme's range, when it takes levels) and numel (at least 1), naming the bad argument.
 QuantConfig quant_config(int64_t numel, c10::string_view scheme, int64_t levels, int64_t block, const char* op);
 
+// Chunked Top-k's layout (kernels/chunk_topk_rule.h): checks numel (at least 1), chunk (a power
+// of two in [32, 4096]), k (in [1, chunk]: per chunk) and bits (2, 4 or 8), naming the bad
+// argument.
+wire::ChunkTopkLayout chunk_topk_config(int64_t numel, int64_t k, int64_t chunk, int64_t bits, const char* op);
+
 // The op `message_nbytes(str family, int numel, ScalarType dtype, int k=0, str scheme="",
-// int levels=0, int block=0) -> int`: family "topk" (k values of dtype and k int32 indices; also
-// Rand-k with per-rank indices), "topk16" (the compact layout: k values of dtype, 16-bit
-// offsets, a count per chunk), "randk" (k values), "dense" (numel values) or "quant".
+// int levels=0, int block=0, int bits=0) -> int`: family "topk" (k values of dtype and k int32
+// indices; also Rand-k with per-rank indices), "topk16" (the compact layout: k values of dtype,
+// 16-bit offsets, a count per chunk), "randk" (k values), "dense" (numel values), "quant"
+// (scheme, levels, block) or "chunktopk" (k per chunk of `block` entries, `bits` per code; its
+// length does not depend on dtype).
 int64_t message_nbytes(c10::string_view family, int64_t numel, c10::ScalarType dtype, int64_t k,
-                       c10::string_view scheme, int64_t levels, int64_t block);
+                       c10::string_view scheme, int64_t levels, int64_t block, int64_t bits = 0);
 
 }  // namespace efcomm

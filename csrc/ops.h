@@ -26,6 +26,9 @@
 //   quant (csrc/quant_*.cpp; kernels/quant_schemes.h): blockwise codes of d.
 //   dense (csrc/dense_*.cpp): the values of d, or with clip min(1, clip / ||d||) d (||d||
 //     summed in double in index order on the CPU; CUDA may differ in the factor's last bits).
+//   chunktopk (csrc/chunktopk_*.cpp; kernels/chunk_topk_rule.h): per chunk of `chunk` entries,
+//     its k_c = min(k, length) entries of largest magnitude, one float32 scale (their largest
+//     magnitude) and `bits`-bit codes of 2^bits symmetric levels; values computed in float32.
 //
 // Method ops (csrc/method_*.cpp):
 //   motef_track_: MoTEF's momentum and tracking step (Islamov, Gao, Stich 2024), per entry in
@@ -71,6 +74,11 @@
                                    std::optional<double> clip = std::nullopt, double scale = 1.0);                     \
   void dense_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, double scale = 1.0,                        \
                                  const std::optional<at::Tensor>& weights = std::nullopt);                             \
+  at::Tensor chunktopk_encode_##DEVICE(const at::Tensor& a, const std::optional<at::Tensor>& b, int64_t k,             \
+                                       int64_t chunk, int64_t bits, double scale = 1.0);                               \
+  void chunktopk_decode_add_##DEVICE(at::Tensor& h, const at::Tensor& gathered, int64_t k, int64_t chunk,              \
+                                     int64_t bits, double scale = 1.0,                                                 \
+                                     const std::optional<at::Tensor>& weights = std::nullopt);                         \
   void motef_track_##DEVICE(const at::Tensor& g, at::Tensor& M, at::Tensor& V, const at::Tensor& G,                    \
                             const at::Tensor& G_mean, double lam, double gamma);                                       \
   at::Tensor lazy_trigger_##DEVICE(const at::Tensor& g, const at::Tensor& h_local, const at::Tensor& y, double zeta);  \

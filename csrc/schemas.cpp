@@ -31,10 +31,14 @@ TORCH_LIBRARY(efcomm, m) {
       "Tensor? weights=None) -> ()");
   m.def("dense_encode_(Tensor a, Tensor(b!)? b, float? clip=None, float scale=1.0) -> Tensor");
   m.def("dense_decode_add_(Tensor(a!) h, Tensor gathered, float scale=1.0, Tensor? weights=None) -> ()");
+  m.def("chunktopk_encode_(Tensor a, Tensor(b!)? b, int k, int chunk, int bits, float scale=1.0) -> Tensor");
+  m.def(
+      "chunktopk_decode_add_(Tensor(a!) h, Tensor gathered, int k, int chunk, int bits, float scale=1.0, "
+      "Tensor? weights=None) -> ()");
   // sizes: the one function Python asks
   m.def(
       "message_nbytes(str family, int numel, ScalarType dtype, int k=0, str scheme=\"\", int levels=0, "
-      "int block=0) -> int",
+      "int block=0, int bits=0) -> int",
       &efcomm::message_nbytes);
   // method ops
   m.def("motef_track_(Tensor g, Tensor(a!) M, Tensor(b!) V, Tensor G, Tensor G_mean, float lam, float gamma) -> ()");

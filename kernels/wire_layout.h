@@ -32,6 +32,19 @@
 //                                  words; entry e of the block holds bits [e * bits, (e + 1) * bits)
 //                                  of the region, bit p being bit p % 32 of word p / 32 (a code
 //                                  may straddle two words)
+// Chunked Top-k (SparseLoCo's; kernels/chunk_topk_rule.h): numel entries cut into
+// chunks = ceil(numel / chunk) chunks of `chunk` entries (a power of two in [32, 4096]; the last
+// may be shorter), chunk c keeping k_c = min(k, its length) entries, each a field of
+// field_bits = log2(chunk) + bits bits: its offset within the chunk in the low log2(chunk) bits,
+// its code above them,
+//   [0, fields_offset)             one float32 scale per chunk (NaN canonical)
+//   [fields_offset, nbytes)        chunk c's region at fields_offset + 4 * words_per_chunk * c:
+//                                  ceil(k_c * field_bits / 32) 32-bit words (words_per_chunk for a
+//                                  full chunk); field e, the e-th kept entry in ascending offset
+//                                  order, holds bits [e * field_bits, (e + 1) * field_bits) of the
+//                                  region, bit p being bit p % 32 of word p / 32; the rest zero
+// A full chunk of 4096 entries at k = 82 and 2 bits: 4 + 4 * ceil(82 * 14 / 32) = 148 bytes for
+// 16384 bytes of float32.
 #include <cstdint>
 #include <cstring>
 
@@ -96,6 +109,72 @@ EFCOMM_HD constexpr QuantLayout quant_layout(int64_t numel, int64_t block, int64
   const int64_t words_per_block = block * bits / 32;
   return QuantLayout{
       numel, block, nblocks, bits, words_per_block, 4 * nblocks, 4 * nblocks + 4 * nblocks * words_per_block};
+}
+
+struct ChunkTopkLayout {
+  int64_t numel;
+  int64_t chunk;            // a power of two in [32, 4096]
+  int64_t k;                // entries kept per full chunk, in [1, chunk]
+  int64_t bits;             // per code
+  int64_t offset_bits;      // log2(chunk)
+  int64_t field_bits;       // offset_bits + bits
+  int64_t chunks;           // ceil(numel / chunk)
+  int64_t words_per_chunk;  // ceil(k * field_bits / 32)
+  int64_t fields_offset;    // 4 * chunks
+  int64_t nbytes;           // fields_offset + 4 * (words of every chunk)
+
+  EFCOMM_HD int64_t length(int64_t c) const {
+    const int64_t rest = numel - c * chunk;
+    return rest < chunk ? rest : chunk;
+  }
+  EFCOMM_HD int64_t kept(int64_t c) const {
+    const int64_t len = length(c);
+    return k < len ? k : len;
+  }
+  EFCOMM_HD int64_t words(int64_t c) const { return (kept(c) * field_bits + 31) / 32; }
+  EFCOMM_HD int64_t region_offset(int64_t c) const { return fields_offset + 4 * words_per_chunk * c; }
+};
+
+EFCOMM_HD constexpr int64_t log2_of_power_of_two(int64_t v) {
+  int64_t bits = 0;
+  while ((int64_t{1} << bits) < v) ++bits;
+  return bits;
+}
+
+EFCOMM_HD ChunkTopkLayout chunk_topk_layout(int64_t numel, int64_t chunk, int64_t k, int64_t bits) {
+  ChunkTopkLayout layout{};
+  layout.numel = numel;
+  layout.chunk = chunk;
+  layout.k = k;
+  layout.bits = bits;
+  layout.offset_bits = log2_of_power_of_two(chunk);
+  layout.field_bits = layout.offset_bits + bits;
+  layout.chunks = (numel + chunk - 1) / chunk;
+  layout.words_per_chunk = (k * layout.field_bits + 31) / 32;
+  layout.fields_offset = 4 * layout.chunks;
+  const int64_t last = layout.chunks - 1;
+  layout.nbytes = layout.fields_offset + 4 * (layout.words_per_chunk * last + layout.words(last));
+  return layout;
+}
+
+// Field e of a chunk's region (`words`, 4-byte aligned); fields are at most 32 bits.
+EFCOMM_HD uint32_t read_field(const uint32_t* words, int64_t e, int64_t field_bits) {
+  const int64_t bit = e * field_bits;
+  const int shift = static_cast<int>(bit % 32);
+  words += bit / 32;
+  uint64_t pair = words[0];
+  if (shift + field_bits > 32) pair |= static_cast<uint64_t>(words[1]) << 32;
+  return static_cast<uint32_t>(pair >> shift) & static_cast<uint32_t>((uint64_t{1} << field_bits) - 1u);
+}
+
+// Sets field e of a region whose fields are zero so far (on the host; the CUDA kernel ORs the two
+// parts into shared memory with atomics).
+EFCOMM_HD void write_field(uint32_t* words, int64_t e, int64_t field_bits, uint32_t field) {
+  const int64_t bit = e * field_bits;
+  const int shift = static_cast<int>(bit % 32);
+  words += bit / 32;
+  words[0] |= field << shift;
+  if (shift + field_bits > 32) words[1] |= field >> (32 - shift);
 }
 
 EFCOMM_HD uint32_t read_header(const uint8_t* message, int64_t b) {

@@ -12,7 +12,22 @@ import torch
 from conftest import DTYPES
 
 import efcomm
-from efcomm import FP8, QSGD, Clip, Context, Identity, Induced, Int4, Int8, Natural, RandK, ScaledSign, TopK, ops
+from efcomm import (
+    FP8,
+    QSGD,
+    ChunkTopK,
+    Clip,
+    Context,
+    Identity,
+    Induced,
+    Int4,
+    Int8,
+    Natural,
+    RandK,
+    ScaledSign,
+    TopK,
+    ops,
+)
 
 D = 1000  # not a multiple of the blocks: the last block is partial
 
@@ -33,6 +48,8 @@ UNBIASED = [
 ]
 CONTRACTIVE = [
     TopK(ratio=0.05),
+    ChunkTopK(k=9, chunk=128),
+    ChunkTopK(ratio=0.2, bits=4, chunk=256),
     RandK(ratio=0.1),
     RandK(ratio=0.1, shared=False),
     ScaledSign(block=128),
@@ -106,7 +123,7 @@ def test_variance_within_omega(c):
         assert _mean_within(_relative_errors(c, x, 400), c.omega(D))
 
 
-DETERMINISTIC = (TopK, ScaledSign, Int8, FP8, Int4)
+DETERMINISTIC = (TopK, ChunkTopK, ScaledSign, Int8, FP8, Int4)
 
 
 @pytest.mark.parametrize("c", CONTRACTIVE, ids=repr)
@@ -169,6 +186,8 @@ def test_exact_round_trips_of_representable_values():
         RandK(k=200, unbiased=True),
         RandK(k=30, shared=False),
         TopK(k=25),
+        ChunkTopK(k=5, chunk=64),
+        ChunkTopK(k=40, bits=8, chunk=128),
         Identity(),
         Clip(tau=0.5),
         QSGD(levels=3, block=64).scaled(),
@@ -276,6 +295,8 @@ def test_bad_compressor_parameters_raise(make, pattern):
     [
         ("ef21", QSGD(levels=7, block=512), r"needs a contractive compressor.*scaled\(\)"),
         ("ef", RandK(ratio=0.1, unbiased=True), r"needs a contractive compressor"),
+        ("ef21", ChunkTopK(), r"needs a contractive compressor.*'ef'\) accepts it"),
+        ("none", ChunkTopK(), r"needs an unbiased compressor"),
         ("none", TopK(), r"needs an unbiased compressor"),
         ("none", ScaledSign(), r"needs an unbiased compressor"),
         ("ef21", "topk", r"must be an efcomm compressor"),

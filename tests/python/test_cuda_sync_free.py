@@ -1,4 +1,4 @@
-"""Every Top-k, Rand-k and quantizer op on CUDA runs without a host synchronisation
+"""Every Top-k, Rand-k, quantizer and chunked Top-k op on CUDA runs without a host synchronisation
 (``torch.cuda.set_sync_debug_mode("error")``) and can be captured in a CUDA graph whose replay
 gives the eager op's bits (issue 10 item 8, issue 11 item 4). Top-k with the sync-free select
 (EFCOMM_TOPK_SELECT=radix2) and with today's default, which reads a count on the host (expected to
@@ -99,6 +99,23 @@ def _quant_calls():
     return calls
 
 
+def _chunktopk_calls():
+    calls = []
+    for k, chunk, bits in ((82, 4096, 2), (40, 256, 4)):
+        args = (k, chunk, bits)
+        calls.append((f"chunktopk_encode_ {args}", lambda x, s0, s1, t, a=args: ops.chunktopk_encode_(x, None, *a)))
+        calls.append((f"ef21 chunktopk {args}", lambda x, s0, s1, t, a=args: ops.chunktopk_encode_(x, s0, *a, 0.5)))
+        calls.append(
+            (
+                f"chunktopk_decode_add_ {args}",
+                lambda x, s0, s1, t, a=args: ops.chunktopk_decode_add_(
+                    s0, torch.stack([ops.chunktopk_encode_(x, None, *a)] * 2), *a, 1.0, t
+                ),
+            )
+        )
+    return calls
+
+
 def _run_without_syncs(calls, hint):
     x, s0, s1 = _inputs()
     for _, call in calls:  # warm-up: first-use allocations and library loads
@@ -160,11 +177,13 @@ def test_cuda_topk_ops_capture_in_a_graph(select, monkeypatch):
 
 
 @requires_cuda
-def test_cuda_randk_and_quantizer_ops_do_not_synchronize():
+def test_cuda_randk_quantizer_and_chunktopk_ops_do_not_synchronize():
     weights = torch.tensor([0.5, 0.25], device="cuda")
-    _run_without_syncs(_randk_calls() + _quant_calls(), weights)
+    _run_without_syncs(_randk_calls() + _quant_calls() + _chunktopk_calls(), weights)
 
 
 @requires_cuda
-def test_cuda_randk_and_quantizer_ops_capture_in_a_graph():
-    _captured_equals_eager(_randk_calls() + _quant_calls(), torch.tensor([0.5, 0.25], device="cuda"))
+def test_cuda_randk_quantizer_and_chunktopk_ops_capture_in_a_graph():
+    _captured_equals_eager(
+        _randk_calls() + _quant_calls() + _chunktopk_calls(), torch.tensor([0.5, 0.25], device="cuda")
+    )

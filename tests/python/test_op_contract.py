@@ -58,6 +58,15 @@ def _families(a, k, block):
             lambda d: ops.randk_encode_(d, None, k, *seed, True, rank=2),
         ),
     ]
+    for chunk, bits in ((4096, 2), (64, 4), (32, 8)):
+        cases.append(
+            (
+                f"chunktopk-{chunk}-{bits}",
+                lambda b, s, c=chunk, w=bits: ops.chunktopk_encode_(a, b, min(k, c // 2), c, w, s),
+                lambda h, m, s, c=chunk, w=bits: ops.chunktopk_decode_add_(h, m[None], min(k, c // 2), c, w, s),
+                lambda d, c=chunk, w=bits: ops.chunktopk_encode_(d, None, min(k, c // 2), c, w),
+            )
+        )
     for scheme, levels, stochastic in SCHEMES:
         args = (scheme, levels, block, stochastic, 7, 1, 2, 3)
         cases.append(
@@ -211,6 +220,10 @@ def test_message_sizes_are_padded_to_four_bytes():
     assert ops.message_nbytes("dense", 7, torch.float16) == 16
     assert ops.message_nbytes("dense", 7, torch.float32) == 28
     assert ops.message_nbytes("quant", 300, torch.float32, scheme="qsgd", levels=7, block=128) == 4 * 3 + 3 * 64
+    # chunked Top-k: a scale per chunk, then each chunk's fields padded to words; any dtype
+    assert ops.message_nbytes("chunktopk", 4096, torch.float32, k=82, block=4096, bits=2) == 4 + 4 * 36
+    assert ops.message_nbytes("chunktopk", 4097, torch.float16, k=82, block=4096, bits=2) == 8 + 4 * 36 + 4
+    assert ops.message_nbytes("chunktopk", 7, torch.bfloat16, k=82, block=4096, bits=4) == 4 + 4 * 4
 
 
 @pytest.mark.parametrize(
@@ -222,6 +235,8 @@ def test_message_sizes_are_padded_to_four_bytes():
         (("dense", 4, torch.float64), r"message_nbytes: dtype \(Double\) must be float32"),
         (("bits", 4, torch.float32), r"message_nbytes: family \('bits'\) must be one of"),
         (("quant", 4, torch.float32, 0, "qsgd", 0, 64), r"message_nbytes: levels \(0\) must be in \[1, 127\]"),
+        (("chunktopk", 4, torch.float32, 2, "", 0, 100, 2), r"message_nbytes: chunk \(100\) must be a power of two"),
+        (("chunktopk", 4, torch.float32, 0, "", 0, 4096, 2), r"message_nbytes: k \(0\) must be at least 1"),
     ],
 )
 def test_message_nbytes_bad_arguments(args, pattern):

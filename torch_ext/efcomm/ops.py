@@ -37,6 +37,8 @@ __all__ = [
     "quant_decode_add_",
     "dense_encode_",
     "dense_decode_add_",
+    "chunktopk_encode_",
+    "chunktopk_decode_add_",
     "message_nbytes",
     "motef_track_",
     "lazy_trigger",
@@ -46,15 +48,23 @@ __all__ = [
 
 @torch.compiler.assume_constant_result
 def message_nbytes(
-    family: str, numel: int, dtype: torch.dtype, k: int = 0, scheme: str = "", levels: int = 0, block: int = 0
+    family: str,
+    numel: int,
+    dtype: torch.dtype,
+    k: int = 0,
+    scheme: str = "",
+    levels: int = 0,
+    block: int = 0,
+    bits: int = 0,
 ) -> int:
     """Byte length of one message for a tensor of ``numel`` entries of ``dtype``: ``family``
     ``"topk"`` (k values and k int32 indices; also Rand-k with per-rank indices), ``"topk16"``
     (the compact layout: k values, 16-bit offsets, a count per chunk of 65536), ``"randk"``
-    (k values), ``"dense"`` (numel values) or ``"quant"`` (``scheme``, ``levels``, ``block``).
-    The wire layouts are kernels/wire_layout.h. A pure function of its arguments: torch.compile
-    evaluates it while tracing."""
-    return torch.ops.efcomm.message_nbytes.default(family, numel, dtype, k, scheme, levels, block)
+    (k values), ``"dense"`` (numel values), ``"quant"`` (``scheme``, ``levels``, ``block``) or
+    ``"chunktopk"`` (``k`` per chunk of ``block`` entries, ``bits`` per code; the same length for
+    every dtype). The wire layouts are kernels/wire_layout.h. A pure function of its arguments:
+    torch.compile evaluates it while tracing."""
+    return torch.ops.efcomm.message_nbytes.default(family, numel, dtype, k, scheme, levels, block, bits)
 
 
 # ---- Top-k ----
@@ -218,6 +228,36 @@ def dense_decode_add_(h: Tensor, gathered: Tensor, scale: float = 1.0, weights: 
     torch.ops.efcomm.dense_decode_add_.default(h, gathered, scale, weights)
 
 
+# ---- chunked Top-k ----
+
+
+def chunktopk_encode_(a: Tensor, b: Optional[Tensor], k: int, chunk: int, bits: int, scale: float = 1.0) -> Tensor:
+    """The chunked Top-k message of ``d`` (``a - b``, or ``a``), SparseLoCo's compressor (arXiv
+    2508.15706): ``d`` cut into chunks of ``chunk`` entries (a power of two in [32, 4096]; the
+    last may be shorter), each keeping its ``min(k, length)`` entries of largest magnitude (NaN
+    above inf, ties to the lower index) as offsets of log2(chunk) bits (12 for 4096) and
+    ``bits``-bit codes (2, 4 or 8) of one float32 scale per chunk, the largest magnitude it keeps:
+    the levels
+    ``scale * (2q - L) / L``, L = 2^bits - 1, rounded to nearest (2 bits: +-scale, +-scale/3). With
+    ``b``, ``b += scale * C(d)`` in place, C(d) as decoded. Values in float32 whatever the dtype
+    (kernels/chunk_topk_rule.h; layout: kernels/wire_layout.h)."""
+    return torch.ops.efcomm.chunktopk_encode_.default(a, b, k, chunk, bits, scale)
+
+
+def chunktopk_decode_add_(
+    h: Tensor,
+    gathered: Tensor,
+    k: int,
+    chunk: int,
+    bits: int,
+    scale: float = 1.0,
+    weights: Optional[Tensor] = None,
+) -> None:
+    """``h += scale * (1/n) sum_j C_j`` (or with ``weights``) over gathered chunked Top-k
+    messages, in rank order; entries no message carries are left untouched."""
+    torch.ops.efcomm.chunktopk_decode_add_.default(h, gathered, k, chunk, bits, scale, weights)
+
+
 # ---- method ops ----
 
 
@@ -286,6 +326,11 @@ def _dense_encode_fake(a, b, clip=None, scale=1.0):
     return _message(a, message_nbytes("dense", a.numel(), a.dtype))
 
 
+@torch.library.register_fake("efcomm::chunktopk_encode_")
+def _chunktopk_encode_fake(a, b, k, chunk, bits, scale=1.0):
+    return _message(a, message_nbytes("chunktopk", a.numel(), a.dtype, k=k, block=chunk, bits=bits))
+
+
 @torch.library.register_fake("efcomm::topk_decode_add_")
 def _topk_decode_add_fake(h, gathered, k, scale=1.0, weights=None, value_dtype=None, index_bits=32):
     return None
@@ -303,6 +348,11 @@ def _quant_decode_add_fake(h, gathered, scheme, levels, block, scale=1.0, weight
 
 @torch.library.register_fake("efcomm::dense_decode_add_")
 def _dense_decode_add_fake(h, gathered, scale=1.0, weights=None):
+    return None
+
+
+@torch.library.register_fake("efcomm::chunktopk_decode_add_")
+def _chunktopk_decode_add_fake(h, gathered, k, chunk, bits, scale=1.0, weights=None):
     return None
 
 

@@ -39,10 +39,11 @@ class EFState:
             ``"ef"``, ``"none"``, ``"motef"``) or as an :class:`efcomm.methods.Method`
             (``EF21SGDM(eta=0.1)``, ``EF21W(weights)``, ...).
         compressor: an efcomm compressor (default ``TopK(ratio=0.01, value_dtype=torch.bfloat16,
-            index_bits=16)``, :func:`default_compressor`): ``TopK``, ``RandK``,
+            index_bits=16)``, :func:`default_compressor`): ``TopK``, ``ChunkTopK``, ``RandK``,
             ``QSGD``, ``Natural``, ``ScaledSign``, ``Int8``, ``FP8``, ``Identity``,
             ``Induced``, or an unbiased one's ``.scaled()``. ``none`` takes unbiased ones,
-            the error-feedback methods contractive ones; a mismatch raises.
+            the error-feedback methods contractive ones (``ef`` also those of bounded error, as
+            ``ChunkTopK``); a mismatch raises.
         process_group: the group to communicate over (``None``: the default group).
         min_compress_numel: buckets with fewer elements are all-reduced densely, as are
             buckets whose message would not be smaller than the dense buffer (except with

@@ -2,7 +2,7 @@
 the simulator. The interface is in :mod:`efcomm.compressors.base`; each family has its file,
 and this list is their one registration."""
 
-from . import dense, induced, int4, nonuniform, quantizers, randk, topk  # noqa: F401  (each registers its classes)
+from . import chunked, dense, induced, int4, nonuniform, quantizers, randk, topk  # noqa: F401  (each registers its classes)
 from .base import COMPRESSORS, Codec, Compressor, Context
 
 for _cls in COMPRESSORS:

@@ -72,6 +72,18 @@ class Compressor:
         """Contractive for every bucket size (what EF, EF21 and their variants need)."""
         return all(self.alpha(d) is not None for d in (1, 2, 1024, 2**20, 2**31 - 1))
 
+    def error_bound(self, numel: int) -> Optional[float]:
+        """B with ||C(x) - x||^2 <= B ||x||^2 for every x (1 - alpha for a contractive compressor;
+        B >= 1 for one that is not contractive but never errs by more than a fixed multiple of its
+        input, as ChunkTopK), or None."""
+        alpha = self.alpha(numel)
+        return None if alpha is None else 1.0 - alpha
+
+    @property
+    def bounded(self) -> bool:
+        """An error bound for every bucket size (what classic EF accepts; see Method.check_compressor)."""
+        return all(self.error_bound(d) is not None for d in (1, 2, 1024, 2**20, 2**31 - 1))
+
     def message_nbytes(self, numel: int, dtype: torch.dtype) -> int:
         raise NotImplementedError
 

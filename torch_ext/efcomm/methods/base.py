@@ -42,6 +42,12 @@ class Method:
     sends_dense: ClassVar[bool] = False  # messages hold every coordinate (no compression)
     per_worker_iterates: ClassVar[bool] = False  # each worker keeps its own model (MoTEF)
     lazy: ClassVar[bool] = False  # a worker may send nothing (see efcomm.methods.lazy)
+    # Also accepts a compressor that is not contractive but whose error is bounded,
+    # ||C(x) - x||^2 <= B ||x||^2 with B >= 1 (Compressor.error_bound): classic EF, whose state
+    # e = p - C(p) then stays within sqrt(B) ||p|| step by step (ChunkTopK with more kept entries
+    # per chunk than it has levels squared, as SparseLoCo runs it). The convergence proofs assume
+    # contraction; the EF21 family's state needs it, so it keeps the stricter check.
+    accepts_bounded: ClassVar[bool] = False
     # Elastic resume (a checkpoint of n ranks resumed by m != n, or by other ranks): how each
     # per-rank state tensor is re-formed, as {per-rank tensor: the shared tensor it is set to,
     # or None for zeros}; tensors not named are shared by every rank and carried as saved
@@ -49,7 +55,8 @@ class Method:
     reform: ClassVar[dict] = {}
 
     def check_compressor(self, compressor, allow_biased: bool = False) -> None:
-        """Unbiased compressors for ``none``; contractive ones for the error-feedback methods."""
+        """Unbiased compressors for ``none``; contractive ones for the error-feedback methods (classic
+        EF: also those of bounded error, ``accepts_bounded``)."""
         if not isinstance(compressor, Compressor):
             raise TypeError(f"efcomm: compressor ({compressor!r}) must be an efcomm compressor (efcomm.TopK, ...)")
         if allow_biased:
@@ -59,11 +66,18 @@ class Method:
                 f"efcomm: method {self.name!r} needs an unbiased compressor and {compressor!r} is biased "
                 "(it may diverge; pass allow_biased=True to run it anyway, e.g. to show that)"
             )
-        if not self.needs_unbiased and not compressor.contractive:
+        if self.needs_unbiased or compressor.contractive or (self.accepts_bounded and compressor.bounded):
+            return
+        if compressor.unbiased:
             raise ValueError(
                 f"efcomm: method {self.name!r} needs a contractive compressor and {compressor!r} is not "
                 f"(omega >= 1 for some bucket sizes); use {compressor!r}.scaled(), which divides by omega + 1"
             )
+        raise ValueError(
+            f"efcomm: method {self.name!r} needs a contractive compressor and {compressor!r} is not "
+            "(no alpha for some bucket sizes)"
+            + ("; classic error feedback ('ef') accepts it (its error is bounded)" if compressor.bounded else "")
+        )
 
     def wire_compressor(self, compressor: Compressor) -> Compressor:
         """The compressor this method sends with: the given one, or its own (Clip21's clipping,

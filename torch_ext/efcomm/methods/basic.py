@@ -42,6 +42,7 @@ class EF(DCSGD):
 
     name = "ef"
     needs_unbiased = False
+    accepts_bounded = True  # e = p - C(p) stays bounded; e.g. ChunkTopK, as SparseLoCo runs it
     # The errors of ranks that may no longer exist: restart from e = 0, as EF starts.
     reform = {"e": None}
 
