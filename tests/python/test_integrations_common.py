@@ -3,7 +3,8 @@ saved rank's state a rank takes, and a checkpoint folder without efcomm state.""
 
 import pytest
 
-from efcomm.integrations._common import choose, load_rank_file
+import efcomm
+from efcomm.integrations._common import check_options, choose, load_rank_file
 
 
 def saved(world, ranks):
@@ -37,3 +38,11 @@ def test_a_checkpoint_folder_without_efcomm_state_warns_and_loads_nothing(tmp_pa
         UserWarning, match=r"who: the checkpoint .* holds no efcomm state; the error-feedback state starts afresh"
     ):
         assert load_rank_file(None, str(tmp_path), "who") is False
+
+
+def test_bad_arguments_raise_before_the_trainer_starts():
+    check_options("ef21", efcomm.TopK(0.1), {"min_compress_numel": 32, "hierarchy": "auto"})
+    with pytest.raises(ValueError, match=r"method \('ef42'\)"):
+        check_options("ef42", None, {})
+    with pytest.raises(TypeError, match="min_compress"):
+        check_options("ef", None, {"min_compress": 32})

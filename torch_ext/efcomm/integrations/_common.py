@@ -38,6 +38,12 @@ def install(ddp_model, method, compressor, options: dict, who: str) -> EFState:
     return register(ddp_model, method, compressor, **options)
 
 
+def check_options(method, compressor, options: dict) -> None:
+    """Raises on arguments that :func:`install` would reject, for integrations that install later
+    (when the trainer has made its DDP model): at construction, not after the processes start."""
+    EFState(method, compressor, **{k: v for k, v in options.items() if k != "hierarchy"})
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.cpu()

@@ -21,7 +21,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 
 from ..state import DEFAULT_METHOD
-from ._common import RankStates, install
+from ._common import RankStates, check_options, install
 
 WHO = "efcomm.integrations.lightning.EFComm"
 
@@ -37,6 +37,7 @@ class EFComm(Callback):
     """
 
     def __init__(self, method=DEFAULT_METHOD, compressor=None, **options) -> None:
+        check_options(method, compressor, options)
         self.method, self.compressor, self.options = method, compressor, options
         self._states = RankStates(WHO)
 

@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.training_args import ParallelMode
 
 from ..state import DEFAULT_METHOD, EFState
-from ._common import install, load_rank_file, save_rank_file
+from ._common import check_options, install, load_rank_file, save_rank_file
 
 WHO = "efcomm.integrations.transformers"
 
@@ -75,6 +75,7 @@ def register(trainer: Trainer, method=DEFAULT_METHOD, compressor=None, **options
             f"{WHO}: the Trainer runs in {args.parallel_mode.value!r} mode, one process, which has no DDP "
             "gradient exchange to compress: launch one process per device (torchrun, accelerate launch)"
         )
+    check_options(method, compressor, options)
     callback = EFCommCallback(trainer, method, compressor, **options)
     trainer.add_callback(callback)
     train = trainer.train
