@@ -307,4 +307,21 @@ MUTATIONS = [
             "tests/python/test_elastic.py::test_joining_at_another_size_sets_every_local_estimate_to_the_shared_one"
         ],
     ),
+    # ---- the trainer integrations ----
+    dict(
+        name="integrations-rank0-saves-own-state",
+        covers="Lightning and Accelerate checkpoints (written by rank 0) hold every rank's state",
+        path="torch_ext/efcomm/integrations/_common.py",
+        old='        return {"ranks": {str(r): entry for r, entry in enumerate(gathered)}}',
+        new='        return {"ranks": {str(rank): mine}}',
+        tests=["tests/python/test_integrations_accelerate.py::test_load_state_continues_bit_for_bit"],
+    ),
+    dict(
+        name="integrations-hf-rank-file-ignored",
+        covers="the HF Trainer's resume_from_checkpoint loads each rank's efcomm state",
+        path="torch_ext/efcomm/integrations/transformers.py",
+        old="            load_rank_file(self.state, self.resume_from, WHO)",
+        new="            pass",
+        tests=["tests/python/test_integrations_transformers.py::test_resume_from_checkpoint_continues_bit_for_bit"],
+    ),
 ]

@@ -23,41 +23,47 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def launched_once(tmp_path_factory, name: str, run):
+    """``run(directory)`` (multi-process launches), once for the whole session. Under
+    pytest-xdist (the README's ``-n 2``) the first worker that needs the results runs it and
+    the others read its results (the folder above a worker's base temp is the session's, shared
+    by its workers)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return run(str(tmp_path_factory.mktemp(name)))
+    shared = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(shared / f"{name}_launches.lock")):
+        done = shared / f"{name}_launches.pt"
+        if done.exists():
+            return torch.load(done, weights_only=False)
+        (shared / name).mkdir()
+        results = run(str(shared / name))
+        torch.save(results, done)
+        return results
+
+
 @pytest.fixture(scope="session")
 def ddp_launches(tmp_path_factory):
     """The multi-process DDP scenarios (tests/python/ddp_workers.py: LAUNCHES), run once for
-    the whole session: {launch: [per-rank {scenario: result}]}. Under pytest-xdist (the README's
-    ``-n 2``) the first worker that needs them runs them and the others read its results (the
-    folder above a worker's base temp is the session's, shared by its workers)."""
+    the whole session: {launch: [per-rank {scenario: result}]}."""
     from ddp_workers import run_launches
 
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        return run_launches(str(tmp_path_factory.mktemp("ddp")))
-    shared = tmp_path_factory.getbasetemp().parent
-    with FileLock(str(shared / "ddp_launches.lock")):
-        done = shared / "ddp_launches.pt"
-        if done.exists():
-            return torch.load(done, weights_only=False)
-        (shared / "ddp").mkdir()
-        results = run_launches(str(shared / "ddp"))
-        torch.save(results, done)
-        return results
+    return launched_once(tmp_path_factory, "ddp", run_launches)
 
 
 @pytest.fixture(scope="session")
 def fsdp_launches(tmp_path_factory):
     """The multi-process FSDP2 scenarios (tests/python/fsdp_workers.py: LAUNCHES), run once for
-    the whole session, shared by pytest-xdist workers as ``ddp_launches`` is."""
+    the whole session."""
     from fsdp_workers import run_launches
 
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        return run_launches(str(tmp_path_factory.mktemp("fsdp")))
-    shared = tmp_path_factory.getbasetemp().parent
-    with FileLock(str(shared / "fsdp_launches.lock")):
-        done = shared / "fsdp_launches.pt"
-        if done.exists():
-            return torch.load(done, weights_only=False)
-        (shared / "fsdp").mkdir()
-        results = run_launches(str(shared / "fsdp"))
-        torch.save(results, done)
-        return results
+    return launched_once(tmp_path_factory, "fsdp", run_launches)
+
+
+@pytest.fixture(scope="session")
+def trainer_launch(tmp_path_factory):
+    """``trainer_launch(module)``: the scenarios of a trainer integration (tests/python/
+    trainer_workers.py runs ``module``'s SCENARIOS on 2 ranks), once for the whole session:
+    [rank 0's {scenario: result}, rank 1's]."""
+    from trainer_workers import launch
+
+    return lambda module: launched_once(tmp_path_factory, module, lambda directory: launch(module, directory))

@@ -1,6 +1,7 @@
 """The package's import graph, read from its sources with ``ast``: no import circle (deferred
-imports inside functions included), the product never imports the simulator (efcomm.sim),
-and ``import efcomm`` loads neither the simulator nor matplotlib."""
+imports inside functions included), the product never imports the simulator (efcomm.sim) nor
+the trainer integrations (efcomm.integrations), and ``import efcomm`` loads neither the
+simulator, matplotlib, the integrations nor the trainers' packages."""
 
 import ast
 import os
@@ -14,6 +15,8 @@ import efcomm
 
 PACKAGE = Path(efcomm.__file__).resolve().parent
 SIM = "efcomm.sim"
+INTEGRATIONS = "efcomm.integrations"
+TRAINERS = ("lightning", "pytorch_lightning", "accelerate", "transformers")
 
 
 def module_names(root: Path, package: str) -> dict:
@@ -88,6 +91,10 @@ def in_sim(name: str) -> bool:
     return name == SIM or name.startswith(SIM + ".")
 
 
+def in_integrations(name: str) -> bool:
+    return name == INTEGRATIONS or name.startswith(INTEGRATIONS + ".")
+
+
 def test_the_package_has_no_import_circle():
     graph = import_graph(PACKAGE, "efcomm")
     assert SIM in graph and "efcomm.sim.figures" in graph and "efcomm.hook" in graph, sorted(graph)
@@ -108,17 +115,35 @@ def test_no_product_module_imports_the_simulator():
     assert not any(in_sim(name) for name in reached), sorted(filter(in_sim, reached))
 
 
-def test_import_efcomm_loads_neither_the_simulator_nor_matplotlib():
+def test_no_product_module_imports_the_integrations():
+    graph = import_graph(PACKAGE, "efcomm")
+    assert {INTEGRATIONS + "." + name for name in ("lightning", "accelerate", "transformers")} <= set(graph)
+    offenders = {
+        name: sorted(filter(in_integrations, targets)) for name, targets in graph.items() if not in_integrations(name)
+    }
+    assert {name: targets for name, targets in offenders.items() if targets} == {}
+    # efcomm.integrations itself imports none of its trainer modules.
+    assert graph[INTEGRATIONS] == set()
+
+
+def loaded_by(statement: str) -> list:
+    """The modules of the simulator, matplotlib, the integrations' trainer modules and the
+    trainers' packages that ``statement`` loads, in a fresh interpreter."""
     code = (
-        "import sys, efcomm\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib' or m == 'efcomm.sim' or m.startswith('efcomm.sim.'))\n"
-        "print(bad)\n"
-        "sys.exit(1 if bad else 0)\n"
+        f"import sys\n{statement}\n"
+        f"trainers = {TRAINERS!r}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib',) + trainers"
+        " or m == 'efcomm.sim' or m.startswith(('efcomm.sim.', 'efcomm.integrations.'))))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "[]"
+    return ast.literal_eval(done.stdout.strip())
+
+
+def test_import_efcomm_loads_neither_the_simulator_nor_matplotlib_nor_the_trainers():
+    assert loaded_by("import efcomm") == []
+    assert loaded_by("import efcomm.integrations") == []
 
 
 def write_package(root: Path, files: dict) -> Path:
