@@ -280,8 +280,10 @@ def main_plan(args, best: dict) -> list[tuple[int, int, str, float]]:
 
 
 def run_key(args, corpus: dict) -> dict:
-    """What a recorded run must share with this invocation to be reused by --resume."""
-    return {"corpus": corpus["sha256"], "model": args.model, "world_size": args.world_size, "backend": args.backend}
+    """What a recorded run must share with this invocation to be reused by --resume (how often
+    it was validated does not change a run)."""
+    model = {k: v for k, v in args.model.items() if k != "val_every"}
+    return {"corpus": corpus["sha256"], "model": model, "world_size": args.world_size, "backend": args.backend}
 
 
 def recorded_runs(path: Path, key: dict) -> list[dict]:
@@ -448,7 +450,9 @@ def plot(results: list[dict], path: Path) -> None:
 
     steps = max(r["steps"] for r in results)
     seed = min(r["seed"] for r in results)
-    shown = [r for r in results if r["steps"] == steps and r["seed"] == seed]
+    shown = [r for r in results if r["steps"] == steps and r["seed"] == seed and len(r["val_curve"]) > 1]
+    if not shown:
+        return
     fig, (by_step, by_bytes) = plt.subplots(1, 2, figsize=(14, 5.5))
     colors = plt.get_cmap("tab10").colors
     for i, r in enumerate(shown):

@@ -5,7 +5,9 @@ Specs:
     fp16, bf16                        torch's fp16_compress_hook / bf16_compress_hook
     powersgd:R                        torch's powerSGD_hook, matrix approximation rank R
     METHOD:COMPRESSOR[:RATIO][:FLAG]  efcomm.register(ddp, METHOD, compressor); COMPRESSOR is
-                                      topk or randk (RATIO, default 0.01), int8, fp8, sign,
+                                      topk, randk or chunk (RATIO, default 0.01; chunk:
+                                      ChunkTopK, Top-k per 4096 entries, flag 2bit (the
+                                      default), 4bit or 8bit), int8, fp8, sign,
                                       natural or qsgd; FLAG "threshold" (topk: threshold Top-k),
                                       "scaled" (C / (omega + 1), for unbiased compressors
                                       under the error-feedback methods), "side" (the encode
@@ -62,8 +64,10 @@ COMPRESSORS = {
     "sign": efcomm.ScaledSign,
     "natural": efcomm.Natural,
     "qsgd": efcomm.QSGD,
+    "chunk": efcomm.ChunkTopK,
 }
-WITH_RATIO = ("topk", "randk")
+WITH_RATIO = ("topk", "randk", "chunk")
+BITS_FLAGS = {"2bit": 2, "4bit": 4, "8bit": 8}  # chunk: the values' bits
 POWERSGD_START = 2  # the smallest start that PowerSGD's error feedback and warm start allow
 
 
@@ -134,7 +138,7 @@ def parse_hook(spec: str) -> HookSpec:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: method {method!r} must be one of {sorted(efcomm.METHODS)}")
     if name not in COMPRESSORS:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: compressor {name!r} must be one of {sorted(COMPRESSORS)}")
-    flags = [p for p in rest if p in ("threshold", "scaled", "side", "compact")]
+    flags = [p for p in rest if p in ("threshold", "scaled", "side", "compact", *BITS_FLAGS)]
     values = [p for p in rest if p not in flags]
     if values and name not in WITH_RATIO:
         raise argparse.ArgumentTypeError(f"hook {spec!r}: {name} takes no ratio (got {values[0]!r})")
@@ -143,7 +147,10 @@ def parse_hook(spec: str) -> HookSpec:
     for flag in ("threshold", "compact"):
         if flag in flags and name != "topk":
             raise argparse.ArgumentTypeError(f"hook {spec!r}: the {flag} flag applies to topk only")
-    options = {}
+    bits = [BITS_FLAGS[f] for f in flags if f in BITS_FLAGS]
+    if bits and (name != "chunk" or len(bits) > 1):
+        raise argparse.ArgumentTypeError(f"hook {spec!r}: one of {sorted(BITS_FLAGS)}, for chunk only")
+    options = {"bits": bits[0]} if bits else {}
     if name in WITH_RATIO:
         options["ratio"] = _ratio(values[0], spec) if values else 0.01
     if "threshold" in flags:
