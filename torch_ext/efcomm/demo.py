@@ -58,6 +58,11 @@ PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 # Methods that keep their own momentum: plain SGD, as benchmarks/convergence.py runs them.
 SGD_METHODS = ("ef21-sgdm", "motef")
 SGD_LR = 0.5
+# Each run's AdamW peak rate: its best of the sweep in docs/convergence.md (3e-3 to 1.92e-1,
+# 1,000 steps, this model and corpus): the update exchange wants a larger inner rate than dense
+# training (its averaged, sparsified change damps the steps); the gradient hook keeps dense's.
+DENSE_LR = 6e-3
+UPDATES_LR = 4.8e-2
 # About 2 minutes for the three runs on 2 idle CPU cores (4 ranks over gloo).
 STEPS = 800
 
@@ -185,7 +190,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="the compressor of the compressed run (default: efcomm's; unbiased ones are scaled for the "
         "EF methods; lag, clip21 and adacgd take none)",
     )
-    parser.add_argument("--lr", type=_positive(float), default=lm.LMConfig.lr, help="AdamW's peak learning rate")
+    parser.add_argument(
+        "--lr",
+        type=_positive(float),
+        default=DENSE_LR,
+        help=f"AdamW's peak learning rate of the dense run and the gradient hook's run (default {DENSE_LR:g})",
+    )
+    parser.add_argument(
+        "--updates-lr",
+        type=_positive(float),
+        default=UPDATES_LR,
+        help=f"the inner AdamW's peak learning rate of the update exchange's run (default {UPDATES_LR:g})",
+    )
     parser.add_argument(
         "--sgd-lr",
         type=_positive(float),
@@ -239,11 +255,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def _config(args, sgd: bool) -> lm.LMConfig:
+def _config(args, sgd: bool, lr: Optional[float] = None) -> lm.LMConfig:
     model = lm.TINY if args.tiny else {}
-    return lm.LMConfig(
-        **model, steps=args.steps, optimizer="sgd" if sgd else "adamw", lr=args.sgd_lr if sgd else args.lr
-    )
+    lr = args.sgd_lr if sgd else (args.lr if lr is None else lr)
+    return lm.LMConfig(**model, steps=args.steps, optimizer="sgd" if sgd else "adamw", lr=lr)
 
 
 def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str) -> None:
@@ -274,10 +289,10 @@ def worker(rank: int, world: int, init_method: str, args, corpus: dict, out: str
             return sent
 
         progress = not args.no_progress
-        adamw = _config(args, False)
+        inner = _config(args, False, args.updates_lr)
         runs = {
-            "dense": lm.train(adamw, corpus, dense, device, "dense all-reduce", progress),
-            "updates": lm.train(adamw, corpus, lambda ddp: update_bytes, device, args.updates_label, progress, wrap),
+            "dense": lm.train(_config(args, False), corpus, dense, device, "dense all-reduce", progress),
+            "updates": lm.train(inner, corpus, lambda ddp: update_bytes, device, args.updates_label, progress, wrap),
             "compressed": lm.train(_config(args, args.sgd), corpus, compressed, device, args.label, progress),
         }
         if rank == 0:
@@ -318,7 +333,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     optimizer = f"plain SGD lr {args.sgd_lr:g}: {args.method} keeps its own momentum" if args.sgd else adamw
     print(
         f"efcomm demo: {args.world_size} ranks over {args.backend}, {args.steps} steps, "
-        f"dense all-reduce ({adamw}) vs {args.updates_label} ({adamw}) vs {args.label} ({optimizer})",
+        f"dense all-reduce ({adamw}) vs {args.updates_label} (AdamW lr {args.updates_lr:g}) vs {args.label} "
+        f"({optimizer})",
         flush=True,
     )
     pin_cpu_paths(os.environ)  # read by the worker processes' torch and MKL (see the docstring)
