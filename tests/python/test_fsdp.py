@@ -213,6 +213,76 @@ def test_scatter_step_runs_the_bucket_step_of_each_row(method, compressor):
     assert scatter[0].stats.initialisations == (1 if method == "ef21" else 0)
 
 
+def _scatter_run(states: list, grads: list) -> list:
+    """One compressed reduce-scatter step of every rank (in one process): rank r's output."""
+    world = len(states)
+    signature = ("torch.float32", grads[0].numel(), (("w", (grads[0].numel(),)),))
+    return InProcessTransport().run(
+        [
+            scatter_step(states[r], BucketInput(grads[r].clone(), signature, Worker(r, world), 0, True))
+            for r in range(world)
+        ]
+    )
+
+
+def _row_means(grads: list) -> list:
+    """Row j of the mean over ranks, for every j: the sum in rank order of g_r / world (the
+    dense reduce-scatter's rounding)."""
+    world = len(grads)
+    total = grads[0] / world
+    for g in grads[1:]:
+        total = total + g / world
+    return list(total.view(world, -1))
+
+
+@pytest.mark.parametrize("method", ["ef", "ef21"])
+def test_scatter_step_runs_dense_steps_first(method):
+    """EFState(dense_steps=3) through the compressed reduce-scatter: the first three steps are
+    the exact mean (a plain reduce-scatter); the method starts at the fourth (EF21 with its dense
+    start, which is the mean too), and compresses from then on."""
+    world, shard = 4, 300
+    states = [efcomm.EFState(method, efcomm.TopK(0.1), min_compress_numel=16, dense_steps=3) for _ in range(world)]
+    gen = torch.Generator().manual_seed(0)
+    exact, initialisations, sent = [], [], []
+    for _ in range(6):
+        grads = [torch.randn(world * shard, generator=gen) for _ in range(world)]
+        outs = _scatter_run(states, grads)
+        exact.append(all(torch.equal(o, m) for o, m in zip(outs, _row_means(grads))))
+        initialisations.append(states[0].stats.initialisations)
+        sent.append(states[0].stats.history[-1]["bytes_sent"])
+    start = 4 if method == "ef21" else 3  # the first compressed step
+    assert exact == [True] * start + [False] * (6 - start)
+    assert initialisations == [0, 0, 0] + [1 if method == "ef21" else 0] * 3
+    dense = world * shard * 4  # this rank's reduce-scatter input
+    k = math.ceil(0.1 * shard)
+    assert sent[:3] == [dense] * 3
+    assert sent[start:] == [world * 8 * k + 4] * (6 - start)  # a message per row (k values, k indices), the flag
+
+
+@pytest.mark.parametrize("method", ["ef", "ef21"])
+def test_scatter_step_restarts_every_row_after_an_overflow(method):
+    """An inf in rank 1's row 2 (owned by rank 2) at step 2: rank 2's output of that step is
+    non-finite (the step GradScaler skips); at the next step every rank restarts every row (the
+    flag exchanged with the step says so on every rank), and the outputs are finite again (EF21:
+    its dense start, the exact mean). Without the flag, rank 2's row stays non-finite for good."""
+    world, shard = 4, 300
+    states = [efcomm.EFState(method, efcomm.TopK(0.1), min_compress_numel=16) for _ in range(world)]
+    gen = torch.Generator().manual_seed(1)
+    finite = []
+    for step in range(6):
+        grads = [torch.randn(world * shard, generator=gen) for _ in range(world)]
+        if step == 2:
+            grads[1][2 * shard + 7] = math.inf
+        outs = _scatter_run(states, grads)
+        finite.append([bool(torch.isfinite(o).all()) for o in outs])
+        if step == 3 and method == "ef21":
+            assert all(torch.equal(o, m) for o, m in zip(outs, _row_means(grads)))
+    assert finite[2] == [True, True, False, True]
+    assert all(all(f) for step, f in enumerate(finite) if step != 2), finite
+    assert [s.stats.nonfinite_resets for s in states] == [1] * world
+    assert [s.stats.initialisations for s in states] == [2 if method == "ef21" else 0] * world
+
+
 def test_compressed_reduce_scatter_identity_equals_fsdp(fsdp_launches):
     for r in fsdp_launches["2x2"]:
         run = r["compressed_reduce_scatter"]
