@@ -121,4 +121,13 @@ def test_the_default_restarts_after_an_overflow_in_every_bucket_dtype(dtype):
         finite_steps.append(all(bool(torch.isfinite(o).all()) for o in outs))
     assert finite_steps == [True, False, True, True, True]
     assert [s.stats.nonfinite_resets for s in cluster.states] == [1, 1]
-    assert efcomm.EFState().compressor == default_compressor()
+
+
+def test_the_default_is_ef_with_top1_in_the_compact_message():
+    """efcomm.register's and EFState's default (docs/convergence.md says why): classic EF with
+    Top-1% in bf16 values and 16-bit offsets; for 8192 float32 entries, 82 kept: a 4-byte count,
+    82 bf16 values and 82 offsets, by hand 4 + 164 + 164 bytes."""
+    state = efcomm.EFState()
+    assert state.method == "ef"
+    assert state.compressor == TopK(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)
+    assert state.compressor.message_nbytes(8192, torch.float32) == 4 + 164 + 164
