@@ -1,8 +1,8 @@
 """efcomm under FSDP2 (efcomm.register_fsdp): the exchange between replicas of a sharded
 model, on gloo ranks laid out as 2 replicas x 2 shards and 2 replicas x 4 shards.
 
-Two launches of processes run every scenario (fsdp_workers.LAUNCHES, the session fixture
-``fsdp_launches``); the tests read their results."""
+Three launches of processes run every scenario (fsdp_workers.LAUNCHES, the session fixture
+``fsdp_launches``, each launch when a test first reads it); the tests read their results."""
 
 import math
 import tempfile
@@ -29,7 +29,7 @@ from fsdp_reference import (
 )
 from fsdp_workers import COMPACT_TOP1, TinyTransformer, devices_worker, spawn, sync_worker
 
-MESHES = {"2x2": (2, 2), "2x4": (2, 4)}
+MESHES = {"2x2-hooks": (2, 2), "2x2": (2, 2), "2x4": (2, 4)}
 UNITS = unit_shapes(TinyTransformer())  # {unit: parameter shapes}, read from the model itself
 
 
@@ -131,7 +131,7 @@ def test_a_step_ends_with_the_backward_pass_when_a_unit_has_no_gradient(fsdp_lau
     message; and each hook leaves what the reference (EF, bf16 values) computes from what the
     replicas received."""
     numels = _shard_numels(2)
-    ranks = fsdp_launches["2x2"]
+    ranks = fsdp_launches["2x2-hooks"]
     for r in ranks:
         run = r["default_steps"][name]
         assert run["stats"]["steps"] == 6 and len(run["stats"]["history"]) == 6
@@ -152,7 +152,7 @@ def test_a_step_ends_with_the_backward_pass_when_a_unit_has_no_gradient(fsdp_lau
         assert run["layouts"] == (2 if name == "frozen" else 3)  # a skipped unit keeps its state
         assert run["stats"]["initialisations"] == 0  # EF starts from e = 0
     checked = _check_hook_outputs(
-        ranks, "2x2", lambda r: r["default_steps"][name], ratio=0.01, value_dtype=torch.bfloat16, dense_steps=2
+        ranks, "2x2-hooks", lambda r: r["default_steps"][name], ratio=0.01, value_dtype=torch.bfloat16, dense_steps=2
     )
     assert checked == 2 * 2 * sum(len(_default_schedule(name, step)) for step in range(6))
     for a, b in _replica_pairs("2x2"):
@@ -172,7 +172,7 @@ def test_gradient_accumulation_equals_native_hsdp(fsdp_launches, gate):
     """set_requires_gradient_sync(False) and set_requires_all_reduce(False) on the first of
     two micro-batches, as native HSDP does them (plain averaging through efcomm: native HSDP's
     gradient)."""
-    for r in fsdp_launches["2x2"]:
+    for r in fsdp_launches["2x2-hooks"]:
         run = r["accumulation"][gate]
         torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
         assert run["steps"] == 4  # one exchange per optimizer step
@@ -185,7 +185,7 @@ def test_gradient_accumulation_with_error_feedback_matches_the_reference(fsdp_la
     the reference's; FSDP's reduce-scatter bytes by hand: once per step under no_sync, once per
     micro-batch under no_all_reduce (the kept micro-batch's counted too)."""
     numels = _shard_numels(2)
-    ranks = fsdp_launches["2x2"]
+    ranks = fsdp_launches["2x2-hooks"]
     reduce_scatters = 1 if gate == "no_sync" else 2
     for r in ranks:
         run = r["accumulation"][gate]["ef"]
@@ -193,7 +193,7 @@ def test_gradient_accumulation_with_error_feedback_matches_the_reference(fsdp_la
         assert run["intra_node_bytes"] == 4 * reduce_scatters * 2 * 4 * sum(numels.values())
         assert run["stats"]["bytes_sent"] == 4 * sum(sparse_topk_nbytes(n, 0.05) for n in numels.values())
         assert sum(not c["exchanged"] for c in run["calls"]) == (0 if gate == "no_sync" else 4 * 3)
-    assert _check_hook_outputs(ranks, "2x2", lambda r: r["accumulation"][gate]["ef"], ratio=0.05) == (
+    assert _check_hook_outputs(ranks, "2x2-hooks", lambda r: r["accumulation"][gate]["ef"], ratio=0.05) == (
         2 * 2 * 4 * 3 * reduce_scatters
     )
 
@@ -542,7 +542,7 @@ def test_fp16_reduce_dtype_and_divide_factor_equal_native_hsdp(fsdp_launches, ca
     """fp16: FSDP divides part of the mean after the hook; a divide factor (on every unit):
     native HSDP sums over the replicas. Plain averaging through efcomm gives native HSDP's
     gradient in both."""
-    for r in fsdp_launches["2x2"]:
+    for r in fsdp_launches["2x2-hooks"]:
         run = r["reduce_scaling"][case]
         torch.testing.assert_close(run["efcomm"], run["native"], rtol=0, atol=1e-6)
 
@@ -553,14 +553,14 @@ def test_fp16_reduce_dtype_and_divide_factor_with_error_feedback_match_the_refer
     hook call leaves, bit for bit, the reference's mean over the replicas of what they received
     (fp16: rounded to fp16, FSDP divides the rest after the hook), or (divide factor) that mean
     times the number of replicas, the sum native HSDP takes."""
-    ranks = fsdp_launches["2x2"]
+    ranks = fsdp_launches["2x2-hooks"]
     for r in ranks:
         calls = r["reduce_scaling"][case]["ef"]["calls"]
         assert len(calls) == 4 * 3
         assert {c["out"].dtype for c in calls} == {torch.float16 if case == "fp16" else torch.float32}
     factor = 2 if case == "divide_factor" else 1
     pick = lambda r: r["reduce_scaling"][case]["ef"]  # noqa: E731
-    assert _check_hook_outputs(ranks, "2x2", pick, ratio=0.05, factor=factor) == 2 * 2 * 4 * 3
+    assert _check_hook_outputs(ranks, "2x2-hooks", pick, ratio=0.05, factor=factor) == 2 * 2 * 4 * 3
 
 
 def test_nonfinite_step_restarts_every_unit_alike(fsdp_launches):
