@@ -239,3 +239,18 @@ def test_a_units_hook_exchanges_and_ends_its_steps_after_fsdps_final_callback(on
     assert state.stats.dense_bytes == 3 * 2560 * 4
     assert state.stats.compression_factor == (3 * 2560 * 4) / (3 * 1024)
     assert state.stats.intra_node_bytes == 4 * 2 * 2560 * 4
+
+
+def test_the_compressed_reduce_scatters_state_loads_at_its_own_world_size_only(tmp_path, one_rank_group):
+    """Its state holds every row of every unit for one world size: at another, the load says so;
+    and a checkpoint of the exchange between replicas does not load into it."""
+    entry = dict(_entry(0, 0), fsdp={"rank": 0, "world": 2})
+    checkpoint.dcp.save({"efcomm": {"ranks": {"0": entry}}}, checkpoint_id=str(tmp_path / "rs"))
+    state = FSDPState(*METHOD, placement={"rank": 0, "world": 4})
+    with pytest.raises(ValueError, match=r"saved by \[2\] rank\(s\) and this group has 4: .* does not re-form"):
+        checkpoint.load(state, str(tmp_path / "rs"))
+    _save(tmp_path / "replicas")
+    with pytest.raises(
+        ValueError, match=r"checkpoint of the exchange between replicas; this state runs the compressed"
+    ):
+        checkpoint.load(state, str(tmp_path / "replicas"))
