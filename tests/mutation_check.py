@@ -9,12 +9,15 @@ control, or a one-line fault in the product) and names the tests that must catch
 
 The lists are ``MUTATIONS`` in tests/mutations_product.py (the hook, engine, state, methods,
 hierarchy, statistics) and, when present, tests/mutations_claims.py (the simulator's claims).
-For each mutation the script copies torch_ext/efcomm and tests/ into a temporary directory
+For each mutation the script copies torch_ext/efcomm, tests/ and benchmarks/ into a temporary directory
 (the built native library linked, not copied), applies the replacement (``old`` must occur
 exactly once), and runs ``python -m pytest <tests> -q -x`` there with that copy first on
-PYTHONPATH. A mutation is caught when pytest exits with 1 (a test failed); a pass, an
-import or collection error, or a timeout is not a catch. Before the mutations, the same
-tests run once on the unmutated copy and must pass.
+PYTHONPATH. A mutation is caught when a test fails on an assertion: pytest exits with 1 and
+its first failure (read from its JUnit XML report) is a failed ``assert``, an AssertionError
+(``torch.testing.assert_close`` too) or a ``pytest.fail`` / ``pytest.raises`` that did not
+raise. A pass, a test that fails on another exception (a crash, not a check), an error in a
+fixture, an import or collection error, or a timeout is not a catch. Before the mutations,
+the same tests run once on the unmutated copy and must pass.
 
     python tests/mutation_check.py              # every mutation, two at a time
     python tests/mutation_check.py --list       # what is covered
@@ -35,13 +38,14 @@ import sys
 import tempfile
 import time
 import traceback
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "torch_ext" / "efcomm"
 LISTS = ("mutations_product", "mutations_claims", "mutations_updates")  # tests/<name>.py, each optional but the first
 KEYS = {"name", "covers", "path", "old", "new", "tests"}
-COPIED = ("torch_ext/efcomm", "tests")
+COPIED = ("torch_ext/efcomm", "tests", "benchmarks")  # benchmarks: the FSDP tests' model (bench_fsdp.py)
 
 
 class MutationError(ValueError):
@@ -119,7 +123,7 @@ def native_libraries() -> list:
 
 
 def make_copy(workdir: Path) -> None:
-    """torch_ext/efcomm and tests/ (and pyproject.toml, pytest's configuration) under
+    """torch_ext/efcomm, tests/ and benchmarks/ (and pyproject.toml, pytest's configuration) under
     ``workdir``, the native library linked."""
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", ".pytest_cache")
     for top in COPIED:
@@ -154,6 +158,8 @@ class Job:
         if mutation is not None:
             apply(mutation, self.workdir)
         self.log = self.workdir / "pytest.log"
+        self.junit = self.workdir / "junit.xml"
+        self.args = [*tests, *PYTEST_ARGS, f"--junitxml={self.junit}"]
         self.start = time.monotonic()
         self.pid = self._spawn() if spawn else self._fork()
         self.rc, self.seconds = None, None
@@ -175,7 +181,7 @@ class Job:
         )
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code, *self.tests, *PYTEST_ARGS],
+                [sys.executable, "-c", code, *self.args],
                 cwd=self.workdir,
                 env=self._environment(),
                 stdout=log,
@@ -202,7 +208,7 @@ class Job:
             sys.path.insert(0, str(self.workdir / "torch_ext"))
             import pytest
 
-            rc = int(pytest.main([*self.tests, *PYTEST_ARGS]))
+            rc = int(pytest.main(self.args))
             package = getattr(sys.modules.get("efcomm"), "__file__", None) or ""
             if rc in (0, 1) and not package.startswith(str(self.workdir)):
                 print(f"mutation_check: the tests imported efcomm from {package!r}, not from the copy")
@@ -229,8 +235,34 @@ class Job:
             self.rc = os.waitstatus_to_exitcode(status)
         self.seconds = time.monotonic() - self.start
         self.output = self.log.read_text(errors="replace")
+        self.failures = junit_failures(self.junit)
         self.tmp.cleanup()
         return True
+
+
+def junit_failures(path: Path) -> list:
+    """(test, kind, message) of every failed or erroring test of a pytest JUnit XML report:
+    kind "failure" (the test body failed) or "error" (a fixture or collection failed)."""
+    if not path.exists():
+        return []
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError:
+        return []
+    found = []
+    for case in root.iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error"):
+                found.append((case.get("name", ""), child.tag, child.get("message") or ""))
+    return found
+
+
+ASSERTION = ("assert ", "AssertionError", "Failed: ")  # pytest's messages of a failed check
+
+
+def failed_on_an_assertion(failures: list) -> bool:
+    """Whether the first failure is a test failing on a check, not on another exception."""
+    return bool(failures) and failures[0][1] == "failure" and failures[0][2].startswith(ASSERTION)
 
 
 def run_jobs(specs: list, jobs: int, timeout: float, spawn: bool) -> list:
@@ -258,8 +290,12 @@ def first_failure(output: str) -> str:
 
 
 def verdict(job: Job) -> str:
-    if job.rc == 1:
+    if job.rc == 1 and failed_on_an_assertion(job.failures):
         return "caught"
+    if job.rc == 1:
+        first = job.failures[0] if job.failures else ("", "no report", "")
+        reason = first[2].split("\n")[0][:60]
+        return f"ERROR (not an assertion: {first[1]} {reason})"
     if job.rc == 0:
         return "MISSED"
     if job.rc == "timeout":

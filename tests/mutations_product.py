@@ -5,7 +5,11 @@ bit for bit; test_hierarchy.py the hierarchical exchange; test_elastic.py elasti
 
 Each fault is one the issue 22 review found passing the tests before (by position, no dense
 start, no reset, EControl's sign, shards in DDP's order), or a flipped sign in a method's
-update, or a slip in the exchange or the accounting that a reader would not notice."""
+update, or a slip in the exchange or the accounting that a reader would not notice; issue 27
+added the faults of the default configuration and of the FSDP2 path (the step's end, the
+averaging, the statistics, checkpoints, the compressed reduce-scatter, non-finite messages).
+Most are caught in one process (test_fsdp_state.py feeds a unit's hook by hand); the averaging
+over replicas needs several ranks, and runs test_fsdp.py's 2 x 2 launch."""
 
 EXACT = "tests/python/test_exact_steps.py"
 RULE = f"{EXACT}::test_each_method_is_its_update_rule_bit_for_bit"
@@ -17,6 +21,13 @@ BASIC = "torch_ext/efcomm/methods/basic.py"
 LAZY = "torch_ext/efcomm/methods/lazy.py"
 MOTEF = "torch_ext/efcomm/methods/motef.py"
 HIERARCHY = "torch_ext/efcomm/hierarchy.py"
+FSDP = "torch_ext/efcomm/fsdp.py"
+FSDP_STATE = "torch_ext/efcomm/fsdp_state.py"
+TOPK = "torch_ext/efcomm/compressors/topk.py"
+T_FSDP = "tests/python/test_fsdp.py"
+T_FSDP_STATE = "tests/python/test_fsdp_state.py"
+T_NONFINITE = "tests/python/test_nonfinite.py"
+HOOK_BY_HAND = f"{T_FSDP_STATE}::test_a_units_hook_exchanges_and_ends_its_steps_after_fsdps_final_callback"
 
 
 def rule(*methods: str) -> list:
@@ -80,11 +91,11 @@ MUTATIONS = [
     # ---- each method's update rule (finding 15) ----
     dict(
         name="ef21-aggregate-sign",
-        covers="EF21: h += (1/n) sum_j c_j",
+        covers="EF21 and Clip21 (EF21's decode): h += (1/n) sum_j c_j",
         path=EF21,
         old='codec.decode_add_(state["h"], gathered)\n',
         new='codec.decode_add_(state["h"], gathered, scale=-1.0)\n',
-        tests=rule("ef21"),
+        tests=rule("ef21", "clip21"),
     ),
     dict(
         name="ef21-local-estimate-frozen",
@@ -93,14 +104,6 @@ MUTATIONS = [
         old='        return codec.encode_(g, state["h_local"])',
         new='        return codec.encode_(g, state["h_local"].clone())',
         tests=rule("ef21"),
-    ),
-    dict(
-        name="clip21-aggregate-sign",
-        covers="Clip21: h += (1/n) sum_j clip(g_j - h_j) (EF21's decode)",
-        path=EF21,
-        old='codec.decode_add_(state["h"], gathered)\n',
-        new='codec.decode_add_(state["h"], gathered, scale=-1.0)\n',
-        tests=rule("clip21"),
     ),
     dict(
         name="clip21-threshold",
@@ -295,6 +298,155 @@ MUTATIONS = [
         old='state.stats.record_group("intra", padded.numel() * es + shard * es)',
         new='state.stats.record_group("intra", padded.numel() * es)',
         tests=[f"{HIER}::test_byte_counts_by_group_match_the_wire_model"],
+    ),
+    # ---- the default configuration and non-finite messages (issue 27) ----
+    dict(
+        name="topk-compact-nonfinite-offset",
+        covers="Top-k's compact message: its values read after the counts for inf/NaN",
+        path=TOPK,
+        old="        start = 4 * math.ceil(numel / 65536) if self.index_bits == 16 else 0",
+        new="        start = 0",
+        tests=[f"{T_NONFINITE}::test_nonfinite_in_reads_the_dtype_on_the_wire"],
+    ),
+    dict(
+        name="topk-nonfinite-in-value-dtype",
+        covers="Top-k's inf/NaN read in the values' dtype on the wire (_values), not value_dtype",
+        path=TOPK,
+        old="self._values(dtype) or dtype)",
+        new="self.value_dtype or dtype)",
+        tests=[f"{T_NONFINITE}::test_the_default_restarts_after_an_overflow_in_every_bucket_dtype"],
+    ),
+    dict(
+        name="default-compressor-32-bit-indices",
+        covers="the default compressor: Top-1% with bf16 values and 16-bit offsets",
+        path="torch_ext/efcomm/state.py",
+        old="    return TopK(ratio=0.01, value_dtype=torch.bfloat16, index_bits=16)",
+        new="    return TopK(ratio=0.01, value_dtype=torch.bfloat16, index_bits=32)",
+        tests=[f"{T_NONFINITE}::test_the_default_is_ef_with_top1_in_the_compact_message"],
+    ),
+    dict(
+        name="dense-steps-dropped",
+        covers="EFState keeps dense_steps",
+        path="torch_ext/efcomm/state.py",
+        old="        self.dense_steps = dense_steps",
+        new="        self.dense_steps = 0",
+        tests=[f"{T_FSDP}::test_scatter_step_runs_dense_steps_first"],
+    ),
+    # ---- FSDP2 (issue 27) ----
+    dict(
+        name="scatter-step-ignores-dense-steps",
+        covers="the compressed reduce-scatter: the first dense_steps steps dense",
+        path=ENGINE,
+        old="    if state.stats.steps < state.dense_steps or not state.compresses(shard, g.dtype):",
+        new="    if not state.compresses(shard, g.dtype):",
+        tests=[f"{T_FSDP}::test_scatter_step_runs_dense_steps_first"],
+    ),
+    dict(
+        name="scatter-step-flag-unread",
+        covers="the compressed reduce-scatter: every row restarted after a non-finite step (the exchanged flag)",
+        path=ENGINE,
+        old="        segment.nonfinite = poisoned",
+        new="        pass",
+        tests=[f"{T_FSDP}::test_scatter_step_restarts_every_row_after_an_overflow"],
+    ),
+    dict(
+        name="transport-all-reduce-not-shared",
+        covers="the in-process transport's all-reduce: every worker gets the sum",
+        path="torch_ext/efcomm/transport.py",
+        old="                r.tensor.copy_(total)",
+        new="                pass",
+        tests=[f"{T_FSDP}::test_scatter_step_restarts_every_row_after_an_overflow"],
+    ),
+    dict(
+        name="fsdp-step-never-ends",
+        covers="register_fsdp: the step ends after FSDP's final callback of the backward pass",
+        path=FSDP,
+        old="                state.end_step()",
+        new="                pass",
+        tests=[HOOK_BY_HAND],
+    ),
+    dict(
+        name="fsdp-step-without-exchange",
+        covers="register_fsdp: a backward pass without an exchange (a kept micro-batch) is no step",
+        path=FSDP_STATE,
+        old="        if self._step_exchanged:",
+        new="        if True:",
+        tests=[HOOK_BY_HAND],
+    ),
+    dict(
+        name="fsdp-output-not-written",
+        covers="register_fsdp: the hook writes the exchange's output into FSDP's shard",
+        path=FSDP,
+        old="        if out is not reduce_output:\n            reduce_output.copy_(out)",
+        new="        if out is not reduce_output:\n            pass",
+        tests=[HOOK_BY_HAND],
+    ),
+    dict(
+        name="fsdp-reduce-scatter-counted-as-sent",
+        covers="register_fsdp: FSDP's reduce-scatter kept out of bytes_sent (compression_factor like with like)",
+        path=FSDP,
+        old='        state.stats.record_native("intra", reduce_output.numel() * self.shard_size * es)',
+        new='        state.stats.record_group("intra", reduce_output.numel() * self.shard_size * es)',
+        tests=[HOOK_BY_HAND],
+    ),
+    dict(
+        name="fsdp-divide-factor-mean",
+        covers="register_fsdp: the sum over replicas under set_gradient_divide_factor (native HSDP's)",
+        path=FSDP,
+        old="            reduce_output.mul_(replicas)",
+        new="            pass",
+        tests=[
+            f"{T_FSDP}::test_fp16_reduce_dtype_and_divide_factor_with_error_feedback_match_the_reference[divide_factor]"
+        ],
+    ),
+    dict(
+        name="stats-native-bytes-sent",
+        covers="statistics: collectives efcomm does not replace are outside bytes_sent",
+        path="torch_ext/efcomm/stats.py",
+        old="        self.native_bytes_by_group[group] = self.native_bytes_by_group.get(group, 0) + sent",
+        new="        self.native_bytes_by_group[group] = self.native_bytes_by_group.get(group, 0) + sent\n"
+        "        self.bytes_sent += sent",
+        tests=["tests/python/test_stats.py::test_compression_factor_compares_the_replaced_exchange_only"],
+    ),
+    dict(
+        name="stats-step-not-counted",
+        covers="statistics: close_step counts the step",
+        path="torch_ext/efcomm/stats.py",
+        old="        self.steps += 1",
+        new="        pass",
+        tests=["tests/python/test_stats.py::test_compression_factor_compares_the_replaced_exchange_only"],
+    ),
+    dict(
+        name="checkpoint-fsdp-entry-by-rank",
+        covers="checkpoints: register_fsdp's entry chosen by shard (not by the rank in the group named)",
+        path="torch_ext/efcomm/checkpoint.py",
+        old='    load_checkpoint = getattr(state, "load_checkpoint", None)',
+        new="    load_checkpoint = None",
+        tests=[f"{T_FSDP_STATE}::test_the_entry_is_chosen_by_the_shard_this_rank_holds"],
+    ),
+    dict(
+        name="fsdp-wrapper-prefix-kept",
+        covers="FSDP layouts named without torch.compile's '_orig_mod.'",
+        path=FSDP_STATE,
+        old='    return ".".join(part for part in name.split(".") if part not in WRAPPERS)',
+        new="    return name",
+        tests=[f"{T_FSDP_STATE}::test_wrapper_prefixes_are_stripped_from_loaded_layouts"],
+    ),
+    dict(
+        name="fsdp-reshard-from-the-start",
+        covers="FSDP checkpoints at another shard count: each shard cut at its own rows",
+        path=FSDP_STATE,
+        old="        piece[: (stop - start) * row] = tensor[start * row : stop * row]",
+        new="        piece[: (stop - start) * row] = tensor[: (stop - start) * row]",
+        tests=[f"{T_FSDP_STATE}::test_another_shard_count_relays_out_one_replicas_shards"],
+    ),
+    dict(
+        name="fsdp-unmatched-state-accepted",
+        covers="FSDP checkpoints: a loaded state that matches no unit raises",
+        path=FSDP_STATE,
+        old="        if unmatched:\n            self.buckets = {}",
+        new="        if False:\n            self.buckets = {}",
+        tests=[f"{T_FSDP_STATE}::test_a_loaded_state_that_matches_no_unit_raises_naming_both_sides"],
     ),
     # ---- elastic resume ----
     dict(

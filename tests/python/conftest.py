@@ -50,13 +50,61 @@ def ddp_launches(tmp_path_factory):
     return launched_once(tmp_path_factory, "ddp", run_launches)
 
 
+class LazyLaunches:
+    """The multi-process FSDP2 scenarios' results (tests/python/fsdp_workers.py: LAUNCHES),
+    ``[launch]``: every rank's, each launch run when a test first reads it, after the launch whose
+    files it reads. Tests that read one launch run only what it needs (the mutation check runs
+    a few such tests per mutation). With ``shared`` (pytest-xdist), a launch runs once for the
+    session, in the first worker that needs it, and the others read its results, as
+    ``ddp_launches`` does."""
+
+    def __init__(self, directory, shared=None) -> None:
+        self.directory, self.shared, self.results = directory, shared, {}
+        self.failed: dict = {}  # launch -> its error: a launch that failed is not run again
+
+    def __getitem__(self, name: str) -> list:
+        from fsdp_workers import LAUNCHES
+
+        after = {launch[0]: launch[3] for launch in LAUNCHES}
+        if name not in after:
+            raise KeyError(f"fsdp_launches: no launch named {name!r} (the launches: {sorted(after)})")
+        chain = [name]
+        while after[chain[-1]] is not None:
+            chain.append(after[chain[-1]])
+        for launch in reversed(chain):
+            if launch in self.failed:
+                raise RuntimeError(f"fsdp_launches: launch {launch!r} failed") from self.failed[launch]
+            try:
+                self._ensure(launch)
+            except Exception as error:
+                self.failed[launch] = error
+                raise
+        return self.results[name]
+
+    def _ensure(self, name: str) -> None:
+        from fsdp_workers import run_launch
+
+        if name in self.results:
+            return
+        if self.shared is None:
+            self.results[name] = run_launch(str(self.directory), name)
+            return
+        with FileLock(str(self.shared / "fsdp_launches.lock")):
+            done = self.shared / f"fsdp_launch_{name}.pt"
+            if done.exists():
+                self.results[name] = torch.load(done, weights_only=False)
+                return
+            (self.shared / "fsdp").mkdir(exist_ok=True)
+            self.results[name] = run_launch(str(self.shared / "fsdp"), name)
+            torch.save(self.results[name], done)
+
+
 @pytest.fixture(scope="session")
 def fsdp_launches(tmp_path_factory):
-    """The multi-process FSDP2 scenarios (tests/python/fsdp_workers.py: LAUNCHES), run once for
-    the whole session."""
-    from fsdp_workers import run_launches
-
-    return launched_once(tmp_path_factory, "fsdp", run_launches)
+    """The multi-process FSDP2 scenarios, for the whole session (LazyLaunches)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return LazyLaunches(tmp_path_factory.mktemp("fsdp"))
+    return LazyLaunches(None, tmp_path_factory.getbasetemp().parent)
 
 
 @pytest.fixture(scope="session")

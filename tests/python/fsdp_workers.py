@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 import efcomm
 from ddp_workers import _join_group, free_init_method, shutdown
@@ -35,16 +35,30 @@ class TinyTransformer(Transformer):
         super().__init__(VOCAB, DIM, blocks, heads=2)
 
 
+class BranchTransformer(TinyTransformer):
+    """Block 1 runs only while ``use_branch`` is set: a branch that some steps skip (FSDP then
+    skips that unit's hook: it has no gradient)."""
+
+    use_branch = True
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for i, block in enumerate(self.blocks):
+            if i != 1 or self.use_branch:
+                x = block(x)
+        return self.head(self.norm(x))
+
+
 def batch(gen):
     """A learnable task: the next token is the current one plus one (mod VOCAB)."""
     x = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
     return x, (x + 1) % VOCAB
 
 
-def sharded(mesh, mp_policy=None):
-    """The transformer with each block and the root wrapped by ``fully_shard`` over ``mesh``
-    (1-D: plain FSDP; 2-D (replicate, shard): FSDP's native HSDP)."""
-    model = TinyTransformer()
+def sharded(mesh, mp_policy=None, model=None):
+    """The transformer (or ``model``) with each block and the root wrapped by ``fully_shard``
+    over ``mesh`` (1-D: plain FSDP; 2-D (replicate, shard): FSDP's native HSDP)."""
+    model = TinyTransformer() if model is None else model
     kwargs = {} if mp_policy is None else {"mp_policy": mp_policy}
     for block in model.blocks:
         fully_shard(block, mesh=mesh, **kwargs)
@@ -78,21 +92,43 @@ def make_mesh(replicas: int, shards_per_replica: int):
 
 
 def _efcomm_run(
-    ctx, method, compressor, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None, mesh=None, **options
+    ctx,
+    method,
+    compressor,
+    steps,
+    *,
+    lr=0.1,
+    micro=1,
+    before_micro=None,
+    before_step=None,
+    mp_policy=None,
+    mesh=None,
+    model=None,
+    record=False,
+    **options,
 ):
+    """register_fsdp on the transformer (or ``model``) over ctx's mesh, trained ``steps`` steps
+    (``method`` None: register_fsdp's defaults); with ``record``, every hook call is recorded."""
     mesh = ctx["mesh"] if mesh is None else mesh
-    model = sharded(mesh["shard"], mp_policy)
+    model = sharded(mesh["shard"], mp_policy, model)
+    chosen = () if method is None else (method, compressor)
     state = efcomm.register_fsdp(
-        model, method, compressor, replicate_group=mesh["replicate"].get_group(), min_compress_numel=256, **options
+        model, *chosen, replicate_group=mesh["replicate"].get_group(), min_compress_numel=256, **options
     )
+    calls = record_hooks(state) if record else None
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(dist.get_rank())
     inter = []
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        if before_step is not None:
+            before_step(model, step)
         losses += train(model, opt, gen, 1, micro=micro, before_micro=before_micro)
         inter.append(state.stats.inter_node_bytes)
-    return model, state, opt, {"losses": losses, "inter_bytes": inter}
+    out = {"losses": losses, "inter_bytes": inter}
+    if record:
+        out["calls"] = calls
+    return model, state, opt, out
 
 
 def _native_run(ctx, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=None):
@@ -101,6 +137,38 @@ def _native_run(ctx, steps, *, lr=0.1, micro=1, before_micro=None, mp_policy=Non
     gen = torch.Generator().manual_seed(dist.get_rank())
     losses = train(model, opt, gen, steps, micro=micro, before_micro=before_micro)
     return model, losses
+
+
+def record_hooks(state) -> list:
+    """Wraps the all-reduce hook of every unit of a register_fsdp state (with a replicate group)
+    so that each call is recorded: the unit, the shard the hook received and the one it left,
+    whether FSDP asked for the exchange (set_requires_all_reduce), and the state's step count
+    then. The tests recompute what the hook must leave from what every replica received."""
+    calls = []
+    for unit in state.units:
+        group = unit.param_group
+        hook = group._all_reduce_hook
+
+        def recording(reduce_output, hook=hook, path=unit.path, group=group):
+            received, steps = reduce_output.detach().clone(), state.stats.steps
+            hook(reduce_output)
+            calls.append(
+                {
+                    "unit": path,
+                    "in": received,
+                    "out": reduce_output.detach().clone(),
+                    "exchanged": group.all_reduce_grads,
+                    "step": steps,
+                }
+            )
+
+        group._all_reduce_hook = recording
+    return calls
+
+
+def buckets_of(state) -> dict:
+    """{layout: {tensor name: a copy}} of a state's buckets."""
+    return {sig: {n: t.clone() for n, t in b.tensors.items()} for sig, b in state.buckets.items()}
 
 
 def unit_shards(state) -> list:
@@ -120,7 +188,29 @@ def scenario_ef21_compact_top1(rank, world, ctx):
         units=[(sig[1], sig[0]) for sig in state.buckets],
         history=list(state.stats.history),
         unpickled_buckets=len(pickle.loads(pickle.dumps(state)).buckets),
+        intra_node_bytes=state.stats.intra_node_bytes,
+        compression_factor=state.stats.compression_factor,
     )
+    return out
+
+
+def scenario_default_steps(rank, world, ctx):
+    """register_fsdp's defaults (EF with compact Top-1%) with dense_steps=2, 6 steps: on a model
+    whose first block is frozen (its unit never gets a gradient, so FSDP never calls its hook),
+    and on one whose second block runs at even steps only; every hook call recorded."""
+    frozen = TinyTransformer()
+    frozen.blocks[0].requires_grad_(False)
+
+    def even_steps_only(model, step):
+        model.use_branch = step % 2 == 0
+
+    out = {}
+    for name, model, before_step in (("frozen", frozen, None), ("branch", BranchTransformer(), even_steps_only)):
+        model, state, _, run = _efcomm_run(
+            ctx, None, None, 6, model=model, before_step=before_step, record=True, dense_steps=2
+        )
+        run.update(stats=state.stats.state_dict(), shards=shards(model), layouts=len(state.buckets))
+        out[name] = run
     return out
 
 
@@ -154,7 +244,9 @@ def scenario_accumulation(rank, world, ctx):
     for name, gate in (("no_sync", _no_sync_first), ("no_all_reduce", _no_all_reduce_first)):
         native, _ = _native_run(ctx, 4, micro=2, before_micro=gate)
         model, state, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, micro=2, before_micro=gate)
-        out[name] = {"native": shards(native), "efcomm": shards(model), "steps": state.stats.steps}
+        _, ef, _, ef_run = _efcomm_run(ctx, "ef", efcomm.TopK(0.05), 4, micro=2, before_micro=gate, record=True)
+        ef_run.update(steps=ef.stats.steps, intra_node_bytes=ef.stats.intra_node_bytes, stats=ef.stats.state_dict())
+        out[name] = {"native": shards(native), "efcomm": shards(model), "steps": state.stats.steps, "ef": ef_run}
     return out
 
 
@@ -179,25 +271,24 @@ def scenario_reduce_scaling(rank, world, ctx):
     policy = MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float16)
     native, _ = _native_run(ctx, 4, mp_policy=policy)
     ours, _, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, mp_policy=policy)
-    out = {"fp16": {"native": shards(native), "efcomm": shards(ours)}}
+    _, _, _, ef = _efcomm_run(ctx, "ef", efcomm.TopK(0.05), 4, mp_policy=policy, record=True, state_dtype=torch.float32)
+    out = {"fp16": {"native": shards(native), "efcomm": shards(ours), "ef": ef}}
 
-    def divide(model, m, micro):
-        model.set_gradient_divide_factor(float(shard_count))
+    def divide(model, m, micro):  # on every unit (FSDPModule.set_gradient_divide_factor sets its own)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(float(shard_count))
 
     native, _ = _native_run(ctx, 4, before_micro=divide)
     ours, _, _, _ = _efcomm_run(ctx, "none", efcomm.Identity(), 4, before_micro=divide)
-    out["divide_factor"] = {"native": shards(native), "efcomm": shards(ours)}
+    _, _, _, ef = _efcomm_run(ctx, "ef", efcomm.TopK(0.05), 4, before_micro=divide, record=True)
+    out["divide_factor"] = {"native": shards(native), "efcomm": shards(ours), "ef": ef}
     return out
 
 
-def scenario_nonfinite(rank, world, ctx):
-    """An inf loss on rank 0 at step 3 (the optimizer step skipped where a gradient is not
-    finite, as GradScaler does): every rank's exchange restarts its states at the next step."""
-    mesh = ctx["mesh"]
-    model = sharded(mesh["shard"])
-    state = efcomm.register_fsdp(
-        model, "ef21", efcomm.TopK(0.05), replicate_group=mesh["replicate"].get_group(), min_compress_numel=256
-    )
+def _overflow_run(model, state, rank) -> dict:
+    """8 steps with an inf loss on rank 0 at step 3 (the optimizer step skipped where a gradient
+    is not finite, as GradScaler does)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(rank)
     skipped = []
@@ -219,6 +310,22 @@ def scenario_nonfinite(rank, world, ctx):
         "units": len(state.units),
         "finite": bool(torch.isfinite(shards(model)).all()),
     }
+
+
+def scenario_nonfinite(rank, world, ctx):
+    """An overflow on rank 0 at step 3: every rank's exchange restarts its states at the next
+    step; between replicas, and (``reduce_scatter``) in the compressed reduce-scatter, whose
+    ranks each see only their own row of the aggregate."""
+    mesh = ctx["mesh"]
+    model = sharded(mesh["shard"])
+    state = efcomm.register_fsdp(
+        model, "ef21", efcomm.TopK(0.05), replicate_group=mesh["replicate"].get_group(), min_compress_numel=256
+    )
+    out = _overflow_run(model, state, rank)
+    model = sharded(init_device_mesh("cpu", (world,)))
+    state = efcomm.register_fsdp(model, "ef21", efcomm.TopK(0.05), min_compress_numel=256)
+    out["reduce_scatter"] = _overflow_run(model, state, rank)
+    return out
 
 
 def scenario_bad_inputs(rank, world, ctx):
@@ -261,8 +368,9 @@ def scenario_resume_save(rank, world, ctx):
     model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 6)
     model_sd, opt_sd = get_state_dict(model, opt)
     dcp.save({"model": model_sd, "optim": opt_sd, "efcomm": state}, checkpoint_id=f"{ctx['directory']}/fsdp")
+    saved = buckets_of(state)
     losses = train(model, opt, torch.Generator().manual_seed(1000 + rank), 4)
-    return {"shards": shards(model), "stats": state.stats.state_dict(), "losses": losses}
+    return {"shards": shards(model), "stats": state.stats.state_dict(), "losses": losses, "buckets": saved}
 
 
 def scenario_resume_load(rank, world, ctx):
@@ -289,14 +397,55 @@ def scenario_resume_load(rank, world, ctx):
     dcp.load({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
     set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd)
     source = checkpoint.load(state, path)
+    loaded = buckets_of(state)
+    # The same checkpoint loaded by a call that names the replicate group (whose ranks are
+    # replica indices, not the saved global ranks), and into a model with one block fewer.
+    _, by_replicas, _, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0, mesh=mesh)
+    by_replicas_source = checkpoint.load(by_replicas, path, process_group=mesh["replicate"].get_group())
+    _, one_block, _, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0, mesh=mesh, model=TinyTransformer(blocks=1))
+    try:
+        checkpoint.load(one_block, path)
+        mismatch_error = None
+    except ValueError as e:
+        mismatch_error = str(e)
     losses = train(model, opt, torch.Generator().manual_seed(1000 + rank), 4)
     return {
         "shards": shards(model),
         "source": source,
+        "loaded": loaded,
+        "by_replicas": buckets_of(by_replicas),
+        "by_replicas_source": by_replicas_source,
+        "mismatch_error": mismatch_error,
         "stats": state.stats.state_dict(),
         "losses": losses,
         "replicas": dist.get_world_size(state.process_group),
         "plain_error": plain_error,
+    }
+
+
+def scenario_reshard_load(rank, world, ctx):
+    """Loads resume_save's checkpoint (2 replicas x 2 shards) on this launch's mesh, another
+    shard count (2 x 4): each rank's unit states re-laid out from every shard of its saved
+    replica; then 4 steps."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from efcomm import checkpoint
+
+    path = f"{ctx['directory']}/fsdp"
+    model, state, opt, _ = _efcomm_run(ctx, "ef21", efcomm.TopK(0.05), 0)
+    model_sd, opt_sd = get_state_dict(model, opt)
+    dcp.load({"model": model_sd, "optim": opt_sd}, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=model_sd, optim_state_dict=opt_sd)
+    source = checkpoint.load(state, path)
+    loaded = buckets_of(state)
+    losses = train(model, opt, torch.Generator().manual_seed(1000 + rank), 4)
+    return {
+        "source": source,
+        "loaded": loaded,
+        "stats": state.stats.state_dict(),
+        "losses": losses,
+        "shards": shards(model),
     }
 
 
@@ -337,8 +486,9 @@ def scenario_compressed_reduce_scatter(rank, world, ctx):
 def scenario_compile(rank, world, ctx):
     """torch.compile (backend aot_eager): a DDP model compiled whole (DDP's graph-splitting
     optimizer, which calls the hook eagerly per bucket) with efcomm's hook against the same
-    compiled model with DDP's all-reduce; an FSDP2 model compiled with register_fsdp against
-    compiled native HSDP; DDP's compiled python-reducer mode refused."""
+    compiled model with DDP's all-reduce; register_fsdp's defaults on a compiled FSDP2 model,
+    every hook call recorded, and its state loaded into the plain model's; DDP's compiled
+    python-reducer mode refused."""
     import torch._dynamo
     from torch.nn.parallel import DistributedDataParallel
 
@@ -360,14 +510,16 @@ def scenario_compile(rank, world, ctx):
             opt.step()
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
-    def fsdp_run(with_efcomm):
+    def fsdp_run():
+        """register_fsdp (its defaults) on the compiled model, whose paths carry '_orig_mod.';
+        its state then loads into the state of the same model, not compiled."""
         torch._dynamo.reset()
         mesh = ctx["mesh"]
-        model = sharded(mesh["shard"] if with_efcomm else mesh)
-        if with_efcomm:
-            efcomm.register_fsdp(model, "none", efcomm.Identity(), replicate_group=mesh["replicate"].get_group())
-        compiled = torch.compile(model, backend="aot_eager")
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        compiled = torch.compile(sharded(mesh["shard"]), backend="aot_eager")
+        replicate = mesh["replicate"].get_group()
+        state = efcomm.register_fsdp(compiled, replicate_group=replicate, min_compress_numel=256)
+        calls = record_hooks(state)
+        opt = torch.optim.SGD(compiled.parameters(), lr=0.1)
         gen = torch.Generator().manual_seed(rank)
         losses = []
         for _ in range(3):
@@ -377,11 +529,18 @@ def scenario_compile(rank, world, ctx):
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        return shards(model), losses
+        plain = efcomm.register_fsdp(sharded(mesh["shard"]), replicate_group=replicate, min_compress_numel=256)
+        plain.load_state_dict(state.state_dict())
+        return {
+            "calls": calls,
+            "losses": losses,
+            "steps": state.stats.steps,
+            "saved_layouts": sorted(state.buckets, key=repr),
+            "loaded_layouts": sorted(plain.buckets, key=repr),
+            "plain_units": [unit.path for unit in plain.units],
+        }
 
-    out = {"ddp_efcomm": ddp_run(True), "ddp_allreduce": ddp_run(False)}
-    out["fsdp_efcomm"], out["fsdp_efcomm_losses"] = fsdp_run(True)
-    out["fsdp_native"], out["fsdp_native_losses"] = fsdp_run(False)
+    out = {"ddp_efcomm": ddp_run(True), "ddp_allreduce": ddp_run(False), "fsdp": fsdp_run()}
     previous = torch._dynamo.config.optimize_ddp
     torch._dynamo.config.optimize_ddp = "python_reducer"
     try:
@@ -413,17 +572,17 @@ def scenario_killed_rank(rank, world, ctx):
 SCENARIOS = {name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 BREAKS_GROUP = "killed_rank"
 
-# (launch, (replicas, shards), scenarios); files pass from one launch to the next.
+# (launch, (replicas, shards), scenarios, the launch whose files it reads or None). The hooks'
+# scenarios have a launch of their own: a test of them (the mutation check's) runs only it.
 LAUNCHES = (
+    ("2x2-hooks", (2, 2), ["default_steps", "accumulation", "reduce_scaling"], None),
     (
         "2x2",
         (2, 2),
         [
             "ef21_compact_top1",
             "dense_equals_native_hsdp",
-            "accumulation",
             "bf16_reduce_dtype",
-            "reduce_scaling",
             "nonfinite",
             "bad_inputs",
             "compressed_reduce_scatter",
@@ -431,8 +590,9 @@ LAUNCHES = (
             "resume_save",
             "resume_load",
         ],
+        None,
     ),
-    ("2x4", (2, 4), ["ef21_compact_top1", "resume_load", "killed_rank"]),
+    ("2x4", (2, 4), ["ef21_compact_top1", "resume_load", "reshard_load", "killed_rank"], "2x2"),
 )
 
 
@@ -477,14 +637,22 @@ def spawn(fn, world_size: int, *args) -> list:
         return [torch.load(Path(result_dir) / f"rank{r}.pt") for r in range(world_size)]
 
 
+def run_launch(directory: str, name: str, launches=LAUNCHES) -> list:
+    """Runs launch ``name`` with its files in ``directory`` (where the launch it reads from has
+    run: its checkpoint); returns every rank's results."""
+    meshes = {launch[0]: launch[1] for launch in launches}
+    _, mesh_shape, names, after = next(launch for launch in launches if launch[0] == name)
+    ctx = {"directory": directory, "saved_mesh": None if after is None else meshes[after]}
+    return spawn(scenarios_worker, mesh_shape[0] * mesh_shape[1], mesh_shape, names, ctx)
+
+
 def run_launches(directory: str, launches=LAUNCHES) -> dict:
-    results, saved_mesh = {}, None
-    for name, mesh_shape, names in launches:
-        ctx = {"directory": directory, "saved_mesh": saved_mesh}
+    """Every launch, in order: {launch: every rank's results, launch + "_seconds": its time}."""
+    results = {}
+    for name, *_ in launches:
         start = time.monotonic()
-        results[name] = spawn(scenarios_worker, mesh_shape[0] * mesh_shape[1], mesh_shape, names, ctx)
+        results[name] = run_launch(directory, name, launches)
         results[name + "_seconds"] = time.monotonic() - start
-        saved_mesh = mesh_shape
     return results
 
 
@@ -535,4 +703,63 @@ def devices_worker(rank, world_size, init_method, result_dir, devices):
                 ),
             }
     torch.save(results, Path(result_dir) / f"rank{rank}.pt")
+    shutdown()
+
+
+def sync_worker(rank, world_size, init_method, result_dir, select):
+    """One CUDA rank (NCCL; a mesh of 1 replica x 1 shard) with the Top-k select ``select``
+    (EFCOMM_TOPK_SELECT): register_fsdp's defaults, then EF21 with compact Top-1%, 3 steps each
+    to warm up (the agreement check, the dense start), then 3 steps with every unit's hook run
+    under torch.cuda.set_sync_debug_mode("error"); and the compressed reduce-scatter's step
+    (efcomm.engine.scatter_step with its flag, on the group of this one rank) likewise. Records
+    each host synchronisation the hooks or the step caused."""
+    os.environ["EFCOMM_TOPK_SELECT"] = select
+    torch.set_num_threads(1)
+    dist.init_process_group("cpu:gloo,cuda:nccl", init_method=init_method, rank=rank, world_size=world_size)
+    torch.cuda.set_device(0)
+    from efcomm.engine import BucketInput, scatter_step
+    from efcomm.methods import Worker
+    from efcomm.transport import DDPTransport
+
+    errors, calls, armed = [], [0], [False]
+
+    def under_sync_check(fn, *args):
+        if not armed[0]:
+            return fn(*args)
+        calls[0] += 1
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return fn(*args)
+        except RuntimeError as e:
+            errors.append(str(e))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    mesh = init_device_mesh("cuda", (1, 1), mesh_dim_names=("replicate", "shard"))
+    for chosen in ((), ("ef21", efcomm.TopK(**COMPACT_TOP1))):
+        model = sharded(mesh["shard"])
+        state = efcomm.register_fsdp(
+            model, *chosen, replicate_group=mesh["replicate"].get_group(), min_compress_numel=256
+        )
+        for unit in state.units:
+            group = unit.param_group
+            group._all_reduce_hook = lambda x, hook=group._all_reduce_hook: under_sync_check(hook, x)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(6):
+            armed[0] = step >= 3
+            x, y = batch(gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x.cuda()).reshape(-1, VOCAB), y.cuda().reshape(-1)).backward()
+            opt.step()
+        armed[0] = False
+    state = efcomm.EFState("ef21", efcomm.TopK(**COMPACT_TOP1), dist.group.WORLD, min_compress_numel=256)
+    signature = ("torch.float32", 20_000, (("w", (20_000,)),))
+    for step in range(6):
+        armed[0] = step >= 3
+        g = torch.randn(20_000, device="cuda")
+        bucket = BucketInput(g, signature, Worker(0, 1), 80_000, True)
+        under_sync_check(lambda: DDPTransport(dist.group.WORLD).run_blocking(scatter_step(state, bucket)))
+    torch.cuda.synchronize()
+    torch.save({"errors": errors, "calls": calls[0]}, Path(result_dir) / f"rank{rank}.pt")
     shutdown()

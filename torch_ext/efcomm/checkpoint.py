@@ -42,22 +42,37 @@ def saved_ranks(checkpoint_id, key: str = KEY) -> list:
 
 def load(state: EFState, checkpoint_id, process_group: Optional[dist.ProcessGroup] = None, key: str = KEY) -> int:
     """Loads ``state`` from a DCP checkpoint saved at any world size (every rank calls it);
-    returns the saved rank whose entry this rank read."""
-    metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
+    returns the saved rank whose entry this rank read. The state of efcomm.register_fsdp
+    chooses its entry by the shard it holds (efcomm.fsdp_state.FSDPState.load_checkpoint)."""
+    load_checkpoint = getattr(state, "load_checkpoint", None)
+    if load_checkpoint is not None:
+        return load_checkpoint(checkpoint_id, process_group, key)
     ranks = saved_ranks(checkpoint_id, key)
     if not ranks:
         raise ValueError(f"efcomm: checkpoint {checkpoint_id!r} holds no efcomm state under {key!r}")
     rank = dist.get_rank(process_group)
     source = rank if rank in ranks else ranks[rank % len(ranks)]
-    prefix = f"{key}.ranks.{source}."
+    entry = read_entries(checkpoint_id, key, [source], process_group)[source]
+    state.load_state_dict({"ranks": {str(source): entry}})
+    return source
+
+
+def read_entries(checkpoint_id, key: str, ranks: list, process_group=None, part: Optional[str] = None) -> dict:
+    """{saved rank: its entry (or the entry's ``part``; None where it has none)} of a DCP
+    checkpoint, read in one ``dcp.load`` (a collective: every rank of the group calls it once)."""
+    metadata = dcp.FileSystemReader(checkpoint_id).read_metadata()
+    prefixes = {r: f"{key}.ranks.{r}." + (f"{part}." if part else "") for r in ranks}
     template = {
         fqn: torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else None
         for fqn, md in metadata.state_dict_metadata.items()
-        if fqn.startswith(prefix)
+        if any(fqn.startswith(prefix) for prefix in prefixes.values())
     }
     dcp.load(template, checkpoint_id=checkpoint_id, process_group=process_group)
-    state.load_state_dict({"ranks": {str(source): _unflatten(template, prefix)}})
-    return source
+    out = {}
+    for r, prefix in prefixes.items():
+        flat = {fqn: value for fqn, value in template.items() if fqn.startswith(prefix)}
+        out[r] = _unflatten(flat, prefix) if flat else None
+    return out
 
 
 def _unflatten(flat: dict, prefix: str) -> dict:

@@ -329,20 +329,31 @@ def scatter_step(state, bucket: BucketInput) -> Step:
     j, and each rank decodes the messages of its own row (h_j += (1/n) sum_i c_ij). Returns
     this rank's row of the mean. A stateful method keeps this rank's error-feedback state of
     every row (the whole bucket) and its aggregate of every row; only its own row's is read.
-    Rows too small to compress, and the dense start, are a plain reduce-scatter of the mean."""
+    Rows too small to compress, the first ``dense_steps`` steps and the dense start are a plain
+    reduce-scatter of the mean.
+
+    A stateful method's step ends with an all-reduce of one flag (4 bytes): whether any rank's
+    own row of the aggregate held inf/NaN. Each rank sees only its own row, and every rank's
+    state holds every row, so at the next step every rank restarts every row of the bucket
+    alike when any row was poisoned (an AMP overflow), as :func:`bucket_step` restarts a bucket."""
     worker = bucket.worker
     method, world, g = state.method_impl, worker.world, bucket.g
     rows = g.view(world, -1)
     shard = rows.shape[1]
     if method.lazy:
         raise ValueError(f"efcomm: a compressed reduce-scatter runs the non-lazy methods only, not {method!r}")
-    if not state.compresses(shard, g.dtype):
+    if state.stats.steps < state.dense_steps or not state.compresses(shard, g.dtype):
         g.div_(world)
         state.stats.record(g.numel() * g.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
         state.end_step_if_last(bucket.last)
         return (yield ReduceScatter(g))
     signatures = [row_signature(bucket.signature, j, world) for j in range(world)]
     segments = [state.buckets.get(sig) for sig in signatures]
+    if any(s is not None and s.poisoned() for s in segments):
+        for sig in signatures:
+            state.buckets.pop(sig, None)
+        state.stats.record_nonfinite_reset()
+        segments = [None] * world
     if any(s is None for s in segments) and method.dense_init:
         return (yield from _initialise_rows(state, bucket, rows, signatures))
     for j, sig in enumerate(signatures):
@@ -351,13 +362,29 @@ def scatter_step(state, bucket: BucketInput) -> Step:
             state._created.add(sig)
     codecs = [_begin(state, segment, rows[j], worker) for j, segment in enumerate(segments)]
     messages = torch.stack([method.encode(rows[j], segments[j].tensors, codecs[j], worker) for j in range(world)])
-    state.stats.record(messages.numel(), bucket.dense_bytes, bucket.last, bucket.group)
-    state.end_step_if_last(bucket.last)
-    received = yield AllToAll(messages)
     own = segments[worker.rank]
+    stateful = bool(own.tensors)
+    flag_bytes = _FLAG_BYTES if stateful else 0
+    state.stats.record(messages.numel() + flag_bytes, bucket.dense_bytes, bucket.last, bucket.group)
+    state.end_step_if_last(bucket.last)
+    received = yield AllToAll(messages, final=not stateful)
     out = method.decode(own.tensors, received, codecs[worker.rank], rows[worker.rank], worker)
-    own.nonfinite = nonfinite(out)
+    if stateful:
+        yield from _exchange_nonfinite(segments, out)
     return out
+
+
+_FLAG_BYTES = 4  # the int32 flag of a compressed reduce-scatter's step (see scatter_step)
+
+
+def _exchange_nonfinite(segments: list, own_row: Tensor) -> Step:
+    """Marks every row's state poisoned, on every rank alike, when any rank's own row of the
+    aggregate is non-finite: one all-reduce of an int32 flag, read on the host at the next step."""
+    flag = (~torch.isfinite(own_row).all()).to(torch.int32).reshape(1)
+    flag = yield AllReduceSum(flag, final=False)
+    poisoned = DeviceFlag(flag[0] > 0)
+    for segment in segments:
+        segment.nonfinite = poisoned
 
 
 def _initialise_rows(state, bucket: BucketInput, rows: Tensor, signatures: list) -> Step:
@@ -372,12 +399,12 @@ def _initialise_rows(state, bucket: BucketInput, rows: Tensor, signatures: list)
         state._touched.add(sig)
     state.stats.initialisations += 1
     mean = bucket.g.div(worker.world)
-    state.stats.record(mean.numel() * mean.element_size(), bucket.dense_bytes, bucket.last, bucket.group)
+    state.stats.record(mean.numel() * mean.element_size() + _FLAG_BYTES, bucket.dense_bytes, bucket.last, bucket.group)
     state.end_step_if_last(bucket.last)
     out = yield ReduceScatter(mean)
     own = states[worker.rank]
     own.tensors["h"].copy_(out)
-    own.nonfinite = nonfinite(out)
+    yield from _exchange_nonfinite(states, out)
     return own.tensors["h"]
 
 

@@ -27,10 +27,14 @@ What the hook sees, and what it does about it:
   the shard aside (as native HSDP keeps its partial reduce output), leaves a zero gradient,
   and adds the kept shards to the next exchanged one.
 
-Statistics: ``stats.intra_node_bytes`` is FSDP's reduce-scatter (this rank's input, in the
-reduce dtype), ``stats.inter_node_bytes`` efcomm's exchange between replicas, and
-``dense_bytes`` what native HSDP's all-reduce of the same shards would send (the shard in
-the reduce dtype).
+A step ends with the backward pass (efcomm.fsdp_state): units without gradients (frozen,
+unused) skip their hook, and their state waits for their next step.
+
+Statistics: ``stats.bytes_sent`` is efcomm's exchange between replicas (also
+``inter_node_bytes``), ``dense_bytes`` what native HSDP's all-reduce of the same shards would
+send (the shard in the reduce dtype), so ``compression_factor`` compares the two.
+``intra_node_bytes`` is FSDP's reduce-scatter (this rank's input, in the reduce dtype, every
+backward's), the same as native HSDP's: kept apart (``native_bytes_by_group``), in neither.
 """
 
 from typing import Optional
@@ -40,7 +44,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .compressors import Compressor
-from .engine import BucketInput, bucket_step, scatter_step
+from .engine import BucketInput, bucket_step, row_signature, scatter_step
+from .fsdp_state import ROW, UNIT, FSDPState, canonical_name, unit_path
 from .hook import check_agreement
 from .methods import Worker
 from .state import DEFAULT_METHOD, EFState
@@ -54,67 +59,34 @@ def _fsdp_classes():
     return FSDPModule, FSDPMeshInfo, DDPMeshInfo
 
 
-class FSDPState(EFState):
-    """The :class:`efcomm.EFState` of :func:`register_fsdp`: its process group is the
-    replicate group (the method's workers are the replicas), or without one the FSDP mesh's
-    group (the compressed reduce-scatter's workers are its ranks); its state dict is keyed
-    by this rank's global rank, so that every rank's shards land under their own keys in one
-    torch.distributed.checkpoint checkpoint (efcomm.checkpoint.save / load). Loading at
-    another number of replicas (the shard count fixed) re-forms the state by the method's
-    elastic rule, as for DDP."""
-
-    def __init__(self, *args, global_rank: int = 0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.global_rank = global_rank
-        self.units: list = []  # the _UnitHook of every hooked FSDP unit, in module order
-        self._step_units: set = set()  # the units whose hook ran in the current step
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.update(units=[], _step_units=set())  # the hooks belong to this process's model
-        return state
-
-    def state_dict(self) -> dict:
-        (entry,) = super().state_dict()["ranks"].values()
-        if self.rank is None and not self.buckets:  # fresh: rank 0's, as EFState's (a plain dcp.load's template)
-            return {"ranks": {"0": entry}}
-        return {"ranks": {str(self.global_rank): entry}}
-
-    def _is_last(self, unit: "_UnitHook") -> bool:
-        """Whether ``unit``'s hook ends the step: every hooked unit has run once (a unit
-        that runs twice first closes the last step, e.g. when another unit had no gradient)."""
-        if unit.path in self._step_units:
-            self._step_units.clear()
-        self._step_units.add(unit.path)
-        if len(self._step_units) == len(self.units):
-            self._step_units.clear()
-            return True
-        return False
-
-
 class _UnitHook:
     """The all-reduce hook of one FSDP unit (its parameter group)."""
 
     def __init__(self, state: FSDPState, path: str, param_group, param_names: dict) -> None:
         self.state = state
-        self.path = path
+        self.path = unit_path(path)
         self.param_group = param_group
         mesh_info = param_group.mesh_info
         self.shard_rank, self.shard_size = mesh_info.shard_mesh_rank, mesh_info.shard_mesh_size
-        self.params = tuple(
-            (param_names.get(id(p.sharded_param), ""), tuple(p._orig_size)) for p in param_group.fsdp_params
-        )
+        self.params = _unit_params(param_group, param_names)
         self.pending: Optional[Tensor] = None  # shards kept while set_requires_all_reduce(False)
 
+    def places(self) -> list:
+        """The place of this rank's shard of the unit, in its layout: the unit's path and the shard."""
+        return [((UNIT, (self.path, self.shard_rank, self.shard_size)),)]
+
     def signature(self, dtype: torch.dtype, numel: int) -> tuple:
-        """The layout of this rank's shard of the unit: the unit's path, the shard, and its
-        parameters (names and full shapes). Not a named layout (its name starts with '#'):
-        a shard's state cannot follow parameters into another layout."""
-        unit = ("#fsdp", (self.path, self.shard_rank, self.shard_size))
-        return (str(dtype), numel, (unit,) + self.params)
+        """The layout of this rank's shard of the unit: its place and the unit's parameters
+        (names and full shapes). Not a named layout (its name starts with '#'): a shard's state
+        cannot follow parameters into another layout."""
+        return (str(dtype), numel, self.places()[0] + self.params)
 
     def __call__(self, reduce_output: Tensor) -> None:
         state = self.state
+        es = reduce_output.element_size()
+        # FSDP's reduce-scatter that made this shard (this rank's input: every shard of the unit),
+        # the same as native HSDP's, on every backward, kept micro-batches included.
+        state.stats.record_native("intra", reduce_output.numel() * self.shard_size * es)
         if not self.param_group.all_reduce_grads:
             if self.pending is None:
                 self.pending = reduce_output.clone()
@@ -129,23 +101,26 @@ class _UnitHook:
             check_agreement(state)
         group = state.process_group
         replicas = dist.get_world_size(group)
-        es = reduce_output.element_size()
-        state.stats.record_group("intra", reduce_output.numel() * self.shard_size * es)
         dtype = state.state_dtype or reduce_output.dtype
         g = reduce_output if dtype == reduce_output.dtype else reduce_output.to(dtype)
+        signature = self.signature(dtype, g.numel())
+        state.check_loaded([signature])
+        state.exchanged()  # the step ends with the backward pass (_end_steps_with_backward)
         step = bucket_step(
             state,
             BucketInput(
                 g,
-                self.signature(dtype, g.numel()),
+                signature,
                 Worker(dist.get_rank(group), replicas),
-                dense_bytes=reduce_output.numel() * es,
-                last=state._is_last(self),
+                dense_bytes=reduce_output.numel() * es,  # native HSDP's all-reduce of the shard
+                last=False,
                 group="inter",
             ),
         )
         # The hook runs on FSDP's all-reduce stream (CUDA) and must leave the shard written when
-        # it returns: every exchange is waited for on that stream (without blocking the host).
+        # it returns: every exchange is waited for on that stream (with NCCL the stream waits, not
+        # the host). The host does wait where an op reads back: the default CUDA Top-k select
+        # reads a count per encode (docs/fsdp.md, "CUDA and the host").
         out = DDPTransport(group).run_blocking(step)
         if out is not reduce_output:
             reduce_output.copy_(out)
@@ -160,11 +135,14 @@ class _CompressedReduceScatter:
 
     def __init__(self, state: FSDPState, path: str, param_group, param_names: dict) -> None:
         self.state = state
-        self.path = path
+        self.path = unit_path(path)
         self.param_group = param_group
-        self.params = tuple(
-            (param_names.get(id(p.sharded_param), ""), tuple(p._orig_size)) for p in param_group.fsdp_params
-        )
+        self.world = param_group.mesh_info.shard_mesh_size
+        self.params = _unit_params(param_group, param_names)
+
+    def places(self) -> list:
+        """The places of the unit's rows in their layouts (every rank keeps every row)."""
+        return [((ROW, (row, self.world)), (UNIT, (self.path,))) for row in range(self.world)]
 
     def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> Tensor:
         return torch.empty(*size, dtype=dtype, device=device)
@@ -185,7 +163,9 @@ class _CompressedReduceScatter:
         world = dist.get_world_size(group)
         dtype = state.state_dtype or input_tensor.dtype
         g = input_tensor.to(dtype) if dtype != input_tensor.dtype else input_tensor
-        signature = (str(dtype), g.numel(), (("#fsdp", (self.path,)),) + self.params)
+        signature = (str(dtype), g.numel(), ((UNIT, (self.path,)),) + self.params)
+        state.check_loaded([row_signature(signature, row, world) for row in range(world)])
+        state.exchanged()
         step = scatter_step(
             state,
             BucketInput(
@@ -193,7 +173,7 @@ class _CompressedReduceScatter:
                 signature,
                 Worker(dist.get_rank(group), world),
                 dense_bytes=input_tensor.numel() * input_tensor.element_size(),
-                last=state._is_last(self),
+                last=False,
             ),
         )
         output_tensor.copy_(DDPTransport(group).run_blocking(step))  # on FSDP's reduce-scatter stream
@@ -204,6 +184,11 @@ class _CompressedReduceScatter:
 
 def _unit_param_group(module):
     return module._get_fsdp_state()._fsdp_param_group
+
+
+def _unit_params(param_group, param_names: dict) -> tuple:
+    """(name, full shape) of every parameter of a unit, in FSDP's order."""
+    return tuple((param_names.get(id(p.sharded_param), ""), tuple(p._orig_size)) for p in param_group.fsdp_params)
 
 
 def register_fsdp(
@@ -266,22 +251,43 @@ def register_fsdp(
                 f"efcomm.register_fsdp: unit {path!r} already has an all-reduce hook or efcomm's reduce-scatter "
                 f"({g._all_reduce_hook or g._reduce_scatter_comm!r}); register efcomm once per model"
             )
-    names = {id(p): name for name, p in model.named_parameters()}
+    names = {id(p): canonical_name(name) for name, p in model.named_parameters()}
     if replicate_group is None:
-        return _register_reduce_scatter(groups, names, method, compressor, options)
+        state = _register_reduce_scatter(groups, names, method, compressor, options)
+        _end_steps_with_backward(state, [m for _, m in units])
+        return state
     _check_replicate_group(replicate_group, shard_ranks)
-    state = FSDPState(method, compressor, replicate_group, param_names=names, global_rank=dist.get_rank(), **options)
+    mesh_info = groups[0][1].mesh_info
+    placement = {
+        "replica": dist.get_rank(replicate_group),
+        "replicas": dist.get_world_size(replicate_group),
+        "shard": mesh_info.shard_mesh_rank,
+        "shards": mesh_info.shard_mesh_size,
+    }
+    state = FSDPState(
+        method,
+        compressor,
+        replicate_group,
+        param_names=names,
+        global_rank=dist.get_rank(),
+        placement=placement,
+        **options,
+    )
     for path, g in groups:
         hook = _UnitHook(state, path, g, names)
         state.units.append(hook)
         g._all_reduce_hook = hook
+    _end_steps_with_backward(state, [m for _, m in units])
     return state
 
 
 def _register_reduce_scatter(groups: list, names: dict, method, compressor, options: dict) -> FSDPState:
     """Without a replicate group: every unit's reduce-scatter over its FSDP mesh compressed."""
     shard_group = groups[0][1].mesh_info.shard_process_group
-    state = FSDPState(method, compressor, shard_group, param_names=names, global_rank=dist.get_rank(), **options)
+    placement = {"rank": dist.get_rank(shard_group), "world": dist.get_world_size(shard_group)}
+    state = FSDPState(
+        method, compressor, shard_group, param_names=names, global_rank=dist.get_rank(), placement=placement, **options
+    )
     if state.method_impl.lazy:
         raise ValueError(
             f"efcomm.register_fsdp: the compressed reduce-scatter runs the non-lazy methods only, not {method!r}"
@@ -295,6 +301,30 @@ def _register_reduce_scatter(groups: list, names: dict, method, compressor, opti
         state.units.append(comm)
         g._reduce_scatter_comm = comm
     return state
+
+
+def _end_steps_with_backward(state: FSDPState, modules: list) -> None:
+    """Ends efcomm's step right after FSDP's final callback of each backward pass. FSDP queues
+    one per backward pass on the autograd engine (whichever unit's pre-backward runs first queues
+    its own ``_root_post_backward_final_callback``; it runs the post-backward of the units the
+    graph did not reach), so every unit's is wrapped. Counting the units whose hook ran cannot
+    tell the end of a step: FSDP skips the hook of a unit without gradients."""
+    for module in modules:
+        fsdp_state = module._get_fsdp_state()
+        callback = getattr(fsdp_state, "_root_post_backward_final_callback", None)
+        if not callable(callback):
+            raise RuntimeError(
+                f"efcomm.register_fsdp: FSDP2 of torch {torch.__version__} has no "
+                "_root_post_backward_final_callback, with which efcomm ends its steps"
+            )
+
+        def end_of_backward(callback=callback) -> None:
+            try:
+                callback()
+            finally:
+                state.end_step()
+
+        fsdp_state._root_post_backward_final_callback = end_of_backward
 
 
 def _check_replicate_group(replicate_group, shard_ranks: list) -> None:

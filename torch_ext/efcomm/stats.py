@@ -11,13 +11,19 @@ DIVERGED_AFTER = 3
 class CommStats:
     """Bytes this rank contributed to collectives, next to what dense all-reduce would send.
 
-    ``bytes_sent`` counts this rank's payload (its message for an all-gather, its buffer for
-    an all-reduce), not the traffic a collective algorithm generates on the wire;
-    ``dense_bytes`` counts the bucket buffers as DDP would all-reduce them; with a hierarchy
-    (efcomm.hierarchy), ``bytes_by_group`` splits ``bytes_sent`` into "intra" (inside the
-    node: the dense reduce-scatter and all-gather) and "inter" (between nodes: the compressed
-    messages), also as ``intra_node_bytes`` and ``inter_node_bytes``. ``history`` has
-    one entry per step (a step ends with the last bucket of a backward pass).
+    ``bytes_sent`` counts this rank's payload in the collectives efcomm runs (its message for an
+    all-gather, its buffer for an all-reduce), not the traffic a collective algorithm generates
+    on the wire; ``dense_bytes`` counts, for the same exchanges, the payload of the dense
+    collective they replace (DDP's all-reduce of the bucket; under efcomm.register_fsdp, native
+    HSDP's all-reduce of the shard between replicas, or FSDP's reduce-scatter input). With a
+    hierarchy (efcomm.hierarchy), ``bytes_by_group`` splits ``bytes_sent`` into "intra" (inside
+    the node: the dense reduce-scatter and all-gather) and "inter" (between nodes: the
+    compressed messages). ``native_bytes_by_group`` counts collectives that efcomm neither runs
+    nor replaces (under register_fsdp with a replicate group: FSDP's own reduce-scatter inside
+    the node, "intra", the same bytes as native HSDP's): in neither ``bytes_sent`` nor
+    ``dense_bytes``. ``intra_node_bytes`` and ``inter_node_bytes`` add them up per group.
+    ``history`` has one entry per step (a step ends with the last bucket of a backward pass;
+    under register_fsdp, with the backward pass).
     ``initialisations`` counts the dense exchanges that started a bucket's state and
     ``relayouts`` the buckets whose state was carried over to a new DDP bucket layout;
     ``nonfinite_resets`` the buckets restarted after a step whose aggregate held inf/NaN,
@@ -36,6 +42,7 @@ class CommStats:
     nonfinite_steps: int = 0
     diverged: bool = False
     bytes_by_group: dict = field(default_factory=dict)
+    native_bytes_by_group: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     _step_sent: int = 0
     _step_dense: int = 0
@@ -49,14 +56,21 @@ class CommStats:
         self._step_sent += sent
         self.bytes_by_group[group] = self.bytes_by_group.get(group, 0) + sent
 
+    def record_native(self, group: str, sent: int) -> None:
+        """Bytes this rank contributes to a collective that efcomm neither runs nor replaces
+        (FSDP's reduce-scatter inside the node): outside ``bytes_sent`` and ``dense_bytes``."""
+        self.native_bytes_by_group[group] = self.native_bytes_by_group.get(group, 0) + sent
+
     @property
     def inter_node_bytes(self) -> int:
-        """Bytes sent between nodes: with a hierarchy, its "inter" exchanges; else all of them."""
+        """Bytes sent between nodes: with a hierarchy (or FSDP's replicas), its "inter"
+        exchanges; else all of them."""
         return self.bytes_by_group.get("inter", 0) + self.bytes_by_group.get("flat", 0)
 
     @property
     def intra_node_bytes(self) -> int:
-        return self.bytes_by_group.get("intra", 0)
+        """Bytes sent inside the node: efcomm's (a hierarchy's) and FSDP's own reduce-scatter."""
+        return self.bytes_by_group.get("intra", 0) + self.native_bytes_by_group.get("intra", 0)
 
     def record_nonfinite_reset(self) -> None:
         """A bucket restarts because the last step's aggregate held inf/NaN."""
@@ -81,14 +95,21 @@ class CommStats:
         self.dense_bytes += dense
         self._step_dense += dense
         if last_bucket:
-            self.history.append({"step": self.steps, "bytes_sent": self._step_sent, "dense_bytes": self._step_dense})
-            self.steps += 1
-            self._step_sent = 0
-            self._step_dense = 0
+            self.close_step()
+
+    def close_step(self) -> None:
+        """Ends the step: its bytes go into ``history`` and ``steps`` counts it."""
+        self.history.append({"step": self.steps, "bytes_sent": self._step_sent, "dense_bytes": self._step_dense})
+        self.steps += 1
+        self._step_sent = 0
+        self._step_dense = 0
 
     @property
     def compression_factor(self) -> float:
-        """Dense bytes divided by bytes sent, over all recorded steps."""
+        """``dense_bytes / bytes_sent`` over all recorded steps: the payload of the dense
+        collectives efcomm replaced against the payload of what efcomm sent in their place, over
+        the same exchanges (collectives efcomm does not replace, ``native_bytes_by_group``, are in
+        neither). 1.0 before anything is sent."""
         return self.dense_bytes / self.bytes_sent if self.bytes_sent else 1.0
 
     def state_dict(self) -> dict:
@@ -102,6 +123,7 @@ class CommStats:
             "nonfinite_steps": self.nonfinite_steps,
             "diverged": self.diverged,
             "bytes_by_group": dict(self.bytes_by_group),
+            "native_bytes_by_group": dict(self.native_bytes_by_group),
             "history": tuple(dict(entry) for entry in self.history),  # a tuple: one leaf for DCP
         }
 
@@ -115,6 +137,7 @@ class CommStats:
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.diverged = bool(state.get("diverged", False))
         self.bytes_by_group = {str(k): int(v) for k, v in state.get("bytes_by_group", {}).items()}
+        self.native_bytes_by_group = {str(k): int(v) for k, v in state.get("native_bytes_by_group", {}).items()}
         self.history = [dict(entry) for entry in state["history"]]
         self._step_sent = 0
         self._step_dense = 0

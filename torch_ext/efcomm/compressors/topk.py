@@ -52,9 +52,9 @@ class TopK(Compressor):
 
     def _values(self, dtype: torch.dtype) -> Optional[torch.dtype]:
         """The message's value dtype for a bucket of ``dtype`` when it differs (None: the
-        bucket's own): a narrower one only for float32 buckets."""
-        narrow = self.value_dtype not in (None, dtype) and dtype == torch.float32
-        return self.value_dtype if narrow or self.value_dtype == torch.float32 and dtype != torch.float32 else None
+        bucket's own): a narrower one only for float32 buckets; a 16-bit bucket sends its own
+        dtype whatever value_dtype says (the op takes no wider values than the tensor's)."""
+        return self.value_dtype if self.value_dtype not in (None, dtype) and dtype == torch.float32 else None
 
     def _format(self, dtype: torch.dtype) -> dict:
         return {"value_dtype": self._values(dtype), "index_bits": self.index_bits}
@@ -81,6 +81,8 @@ class TopK(Compressor):
         ops.topk_decode_add_(h, gathered, self.k_for(h.numel()), scale, weights, **self._format(h.dtype))
 
     def nonfinite_in(self, gathered, numel, dtype):
-        # inf/NaN rank first: always sent. The compact layout starts with its counts.
+        # inf/NaN rank first: always sent. The compact layout starts with its counts. The values
+        # are read in the dtype on the wire (_values), not value_dtype: a 16-bit bucket sends its
+        # own (an fp16 inf read as bf16 is a finite number).
         start = 4 * math.ceil(numel / 65536) if self.index_bits == 16 else 0
-        return values_nonfinite(gathered[:, start:], self.k_for(numel), self.value_dtype or dtype)
+        return values_nonfinite(gathered[:, start:], self.k_for(numel), self._values(dtype) or dtype)
