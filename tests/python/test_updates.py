@@ -220,6 +220,8 @@ def test_the_exchange_is_the_written_out_rule(one_rank):
             torch.nn.utils.vector_to_parameters(anchor.clone(), reference.parameters())  # no alias of anchor
         torch.testing.assert_close(_flat(model), _flat(reference), rtol=0, atol=1e-6)
     assert opt.stats.steps == 3 and opt.steps == 6
+    with pytest.raises(NotImplementedError, match="add the group to the inner optimizer before"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
     assert opt.stats.dense_bytes == 6 * 4 * anchor.numel()  # every optimizer step's gradient, local ones included
 
 

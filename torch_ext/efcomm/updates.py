@@ -129,6 +129,12 @@ class CompressedUpdates(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
+    def add_param_group(self, param_group: dict) -> None:
+        raise NotImplementedError(
+            "efcomm.compress_updates: parameters added after wrapping would never be exchanged; add the group "
+            "to the inner optimizer before calling compress_updates"
+        )
+
     def __repr__(self) -> str:
         return (
             f"CompressedUpdates(every={self.every}, outer_lr={self.outer_lr}, outer_momentum={self.outer_momentum}, "
