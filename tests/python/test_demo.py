@@ -139,10 +139,8 @@ def test_tiny_run_end_to_end():
     sent = int(compressed[3].replace(",", ""))
     assert 0 < sent < params * 4 * steps and compressed[4] == f"{params * 4 * steps / sent:.1f}x"
     assert updates[0] == demo.updates_label(3) and math.isfinite(float(updates[1]))
-    # compress_updates' default, ChunkTopK(0.2, bits=2), as kernels/wire_layout.h lays it out: a
-    # float32 scale per 4096-entry chunk, then per chunk ceil(k * 14 / 32) words of 12-bit offsets
-    # and 2-bit codes (k per chunk, fewer in a shorter last chunk); 2 exchanges in 6 steps.
-    lengths = [min(4096, params - start) for start in range(0, params, 4096)]
-    k = math.ceil(0.2 * 4096)
-    message = 4 * len(lengths) + sum(4 * math.ceil(min(k, n) * 14 / 32) for n in lengths)
-    assert int(updates[3].replace(",", "")) == 2 * message
+    # compress_updates' default, ScaledSign(block=1024), as kernels/wire_layout.h lays it out: a
+    # float32 scale per 1024-entry block, then 32 words of 1-bit codes per block (the last one
+    # padded); 2 exchanges in 6 steps.
+    blocks = math.ceil(params / 1024)
+    assert int(updates[3].replace(",", "")) == 2 * (4 * blocks + 4 * 32 * blocks)
