@@ -363,7 +363,7 @@ def sweep_table(results: list[dict], args, best: dict) -> str:
 
 def at_best(results: list[dict], best: dict) -> list[dict]:
     """The runs at their run's best rate (what the main table compares)."""
-    return [r for r in results if r["lr"] == best[r["name"]]]
+    return [r for r in results if r["name"] in best and r["lr"] == best[r["name"]]]
 
 
 def summarise(results: list[dict]) -> list[dict]:
