@@ -461,14 +461,6 @@ MUTATIONS = [
     ),
     # ---- the trainer integrations ----
     dict(
-        name="integrations-rank0-saves-own-state",
-        covers="Lightning and Accelerate checkpoints (written by rank 0) hold every rank's state",
-        path="torch_ext/efcomm/integrations/_common.py",
-        old='        return {"ranks": {str(r): entry for r, entry in enumerate(gathered)}}',
-        new='        return {"ranks": {str(rank): mine}}',
-        tests=["tests/python/test_integrations_accelerate.py::test_load_state_continues_bit_for_bit"],
-    ),
-    dict(
         name="integrations-hf-rank-file-ignored",
         covers="the HF Trainer's resume_from_checkpoint loads each rank's efcomm state",
         path="torch_ext/efcomm/integrations/transformers.py",
