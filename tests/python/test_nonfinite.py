@@ -17,6 +17,7 @@ from efcomm import (
     Context,
     Identity,
     Induced,
+    ChunkTopK,
     Int4,
     Int8,
     Natural,
@@ -53,6 +54,8 @@ COMPRESSOR_CASES = [
     Int4(block=64),
     QSGD(levels=7, block=512).scaled(),
     Induced(TopK(0.01), QSGD(levels=3, block=128)),
+    ChunkTopK(0.02, bits=2),
+    ChunkTopK(0.02, bits=4, chunk=1024),
 ]
 
 
