@@ -59,7 +59,7 @@ def test_the_compressed_run_is_efcomms_default_unless_told_otherwise():
     default = EFState()
     args = demo.parse_args(["--backend", "gloo"])
     assert args.default_run and args.method == default.method and args.compressor_obj == default.compressor
-    assert args.label == f"efcomm default: {default.method} + {demo.short_repr(default.compressor)}"
+    assert args.label == f"efcomm.register default: {default.method} + {demo.short_repr(default.compressor)}"
     # --ratio alone: efcomm's default method and compressor at that ratio.
     args = demo.parse_args(["--ratio", "0.05", "--backend", "gloo"])
     assert not args.default_run and args.method == default.method

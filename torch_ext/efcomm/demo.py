@@ -151,7 +151,7 @@ def short_repr(compressor) -> str:
 def default_label() -> str:
     """The table's name of the run with efcomm's defaults, read from efcomm itself."""
     state = EFState()
-    return f"efcomm default: {state.method} + {short_repr(state.compressor)}"
+    return f"efcomm.register default: {state.method} + {short_repr(state.compressor)}"
 
 
 def updates_label(every: int) -> str:
