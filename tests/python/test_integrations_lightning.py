@@ -7,6 +7,7 @@ from importlib.util import find_spec
 
 import pytest
 import torch
+from trainer_workers import scenario
 
 pytestmark = pytest.mark.skipif(find_spec("lightning") is None, reason="lightning is not installed (requirements.txt)")
 
@@ -16,13 +17,6 @@ EPOCH_STEPS = 4
 @pytest.fixture(scope="module")
 def runs(trainer_launch):
     return trainer_launch("lightning_scenarios")
-
-
-def scenario(runs, name):
-    results = [rank[name] for rank in runs]
-    for r in results:
-        assert "error" not in r, r["error"]
-    return results
 
 
 def assert_same_run(a, b):

@@ -7,6 +7,7 @@ from importlib.util import find_spec
 
 import pytest
 import torch
+from trainer_workers import scenario
 
 pytestmark = pytest.mark.skipif(
     find_spec("transformers") is None, reason="transformers is not installed (requirements.txt)"
@@ -18,13 +19,6 @@ EPOCH_STEPS = 4
 @pytest.fixture(scope="module")
 def runs(trainer_launch):
     return trainer_launch("transformers_scenarios")
-
-
-def scenario(runs, name):
-    results = [rank[name] for rank in runs]
-    for r in results:
-        assert "error" not in r, r["error"]
-    return results
 
 
 def test_training_compresses_with_ranks_identical_and_the_loss_falls(runs):

@@ -25,6 +25,15 @@ from ddp_workers import shutdown
 WORLD = 2
 
 
+def scenario(runs: list, name: str) -> list:
+    """Every rank's result of scenario ``name`` of a launch; a scenario that raised fails the test
+    that reads it, with its traceback."""
+    results = [rank[name] for rank in runs]
+    for r in results:
+        assert "error" not in r, r["error"]
+    return results
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
